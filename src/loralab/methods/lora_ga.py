@@ -1,0 +1,196 @@
+"""LoRA-GA (Wang, Yu, Li, NeurIPS 2024), the authors' reference recipe (methods.md §2.9).
+
+1. Average the full-weight gradient G = ∂L/∂W of every target layer over calibration batches.
+2. ``U, S, V = svd_lowrank(G, q=min(4r, min(n, m)), niter=4)``.
+3. Direction ``ArB2r``: ``A0 = V[:, :r]ᵀ`` (top-r right vectors), ``B0 = U[:, r:2r]`` (the next r left vectors).
+4. Scale ``stable``: **both** A0 and B0 times ``n^{1/4}/√γ`` (n = out_features); no singular values enter.
+5. ``W_res = W − s·B0A0`` so the model is unchanged at step 0; train with plain AdamW.
+
+PEFT's ``init_lora_weights="lora_ga"`` differs (methods.md §4.4): it multiplies B0 by ``diag(S[r:2r])`` and applies
+the stable factor to B0 only. ``tests/test_methods_optim.py`` shows the difference.
+
+Because W is replaced, the saved adapter alone does not reproduce the model: ``save`` also writes the initial factors
+(``loraga_init.safetensors``), so the trained update relative to the *original* W is ``s(BA − B0A0)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import save_file
+from torch import nn
+
+from loralab.errors import ConfigError
+from loralab.methods.base import CalibrationBatches, matching_linears
+from loralab.methods.lora import LoRA
+
+DIRECTIONS = ("ArB2r", "ArBr", "A2rBr", "random")
+SCALES = ("stable", "gd", "unit")
+SVD_METHODS = ("lowrank", "exact")
+INIT_FILE = "loraga_init.safetensors"
+
+
+def estimate_gradients(
+    model: nn.Module, layers: dict[str, nn.Linear], batches: CalibrationBatches, max_batches: int
+) -> dict[str, torch.Tensor]:
+    """Mean over at most ``max_batches`` batches of ∂loss/∂W (fp32) for each named linear layer."""
+    saved = {name: p.requires_grad for name, p in model.named_parameters()}
+    was_training = model.training
+    # Only the target weights need gradients; everything else stays out of autograd (memory).
+    for p in model.parameters():
+        p.requires_grad_(False)
+    sums = {name: torch.zeros_like(mod.weight, dtype=torch.float32) for name, mod in layers.items()}
+    device = next(model.parameters()).device
+    count = 0
+    model.train()
+    try:
+        for mod in layers.values():
+            mod.weight.requires_grad_(True)
+            mod.weight.grad = None
+        for batch in batches():
+            if count >= max_batches:
+                break
+            with torch.enable_grad():
+                out = model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+                out.loss.backward()
+            for name, mod in layers.items():
+                sums[name] += mod.weight.grad.float()
+                mod.weight.grad = None
+            count += 1
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(saved[name])
+            p.grad = None
+        model.train(was_training)
+    if count == 0:
+        raise ConfigError("LoRA-GA got no calibration batches: the calibration callable yielded nothing")
+    return {name: total / count for name, total in sums.items()}
+
+
+def loraga_factors(
+    grad: torch.Tensor,
+    rank: int,
+    scaling: float,
+    direction: str = "ArB2r",
+    scale: str = "stable",
+    stable_gamma: float = 16.0,
+    svd_method: str = "lowrank",
+    svd_niter: int = 4,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference LoRA-GA (A0: r×m, B0: n×r) from the averaged gradient G (n×m), in fp32."""
+    g = grad.float()
+    n, m = g.shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # svd_lowrank's sketch and the "random" direction draw from the global RNG
+        if svd_method == "lowrank":
+            u, _, v = torch.svd_lowrank(g, q=min(4 * rank, min(n, m)), niter=svd_niter)
+        else:
+            u, _, vh = torch.linalg.svd(g, full_matrices=False)
+            v = vh.T
+        if direction == "ArB2r":
+            a_idx, b_idx = torch.arange(rank), torch.arange(rank, 2 * rank)
+        elif direction == "A2rBr":
+            a_idx, b_idx = torch.arange(rank, 2 * rank), torch.arange(rank)
+        elif direction == "ArBr":
+            a_idx, b_idx = torch.arange(1, 2 * rank, 2), torch.arange(0, 2 * rank, 2)
+        else:  # "random": disjoint random halves of the top 2r indices (INFERRED: the notes only name the option)
+            perm = torch.randperm(2 * rank)
+            a_idx, b_idx = perm[:rank], perm[rank:]
+    a0 = v[:, a_idx].T.contiguous()
+    b0 = u[:, b_idx].contiguous()
+    if scale == "stable":
+        factor = n**0.25 / stable_gamma**0.5
+        a0, b0 = a0 * factor, b0 * factor
+    elif scale == "gd":
+        a0, b0 = a0 / scaling, b0 / scaling
+    return a0, b0
+
+
+@dataclass
+class LoRAGA(LoRA):
+    """LoRA whose (A0, B0) come from the SVD of the calibration gradient; the base weights become ``W − s·B0A0``."""
+
+    name: str = "lora_ga"
+    direction: str = "ArB2r"
+    scale: str = "stable"
+    stable_gamma: float = 16.0
+    grad_batches: int = 64
+    svd_method: str = "lowrank"
+    svd_niter: int = 4
+    seed: int = 0
+
+    def validate(self, model: nn.Module, target_modules: list[str]) -> None:
+        super().validate(model, target_modules)
+        options = (("direction", self.direction, DIRECTIONS), ("scale", self.scale, SCALES),
+                   ("svd_method", self.svd_method, SVD_METHODS))
+        for option, value, valid in options:
+            if value not in valid:
+                raise ConfigError(f"method.{option}={value!r} is invalid: valid values are {list(valid)}")
+        if not self.stable_gamma > 0:
+            raise ConfigError(f"method.stable_gamma={self.stable_gamma!r} is invalid: it must be > 0 (reference 16)")
+        for option, value, low in (("grad_batches", self.grad_batches, 1), ("svd_niter", self.svd_niter, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"method.{option}={value!r} is invalid: it must be an integer >= {low}")
+        for name, mod in matching_linears(model, target_modules).items():
+            if 2 * self.rank > min(mod.in_features, mod.out_features):
+                limit = min(mod.in_features, mod.out_features) // 2
+                raise ConfigError(
+                    f"rank={self.rank} is too large for LoRA-GA on '{name}': it uses 2·rank singular vectors of a "
+                    f"{mod.out_features}x{mod.in_features} gradient; valid ranks are 1..{limit}"
+                )
+
+    def prepare(
+        self,
+        model: nn.Module,
+        target_modules: list[str],
+        modules_to_save: list[str] | None = None,
+        calibration: CalibrationBatches | None = None,
+    ) -> nn.Module:
+        if calibration is None:
+            raise ConfigError("method=lora_ga needs calibration batches (its init is the SVD of a gradient)")
+        grads = estimate_gradients(model, matching_linears(model, target_modules), calibration, self.grad_batches)
+        peft_model = get_peft_model(model, self.lora_config(target_modules, modules_to_save))
+        for name, module in peft_model.named_modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            base_name = name.split("base_model.model.", 1)[-1]
+            if base_name not in grads:
+                continue
+            self._init_layer(module, grads[base_name])
+        return peft_model
+
+    @torch.no_grad()
+    def _init_layer(self, module: LoraLayer, grad: torch.Tensor) -> None:
+        a0, b0 = loraga_factors(
+            grad, self.rank, self.scaling, self.direction, self.scale, self.stable_gamma,
+            self.svd_method, self.svd_niter, self.seed,
+        )
+        lora_a, lora_b = module.lora_A["default"].weight, module.lora_B["default"].weight
+        base = module.get_base_layer().weight
+        lora_a.copy_(a0.to(lora_a.dtype))
+        lora_b.copy_(b0.to(lora_b.dtype))
+        # Residual from the factors as stored (after the dtype cast) so W_res + s·B0A0 equals W to fp32 precision.
+        offset = self.scaling * (lora_b.float() @ lora_a.float())
+        base.copy_((base.float() - offset).to(base.dtype))
+        # Non-persistent buffers: they follow the model across devices without entering the Trainer's checkpoints.
+        module.register_buffer("loraga_A0", lora_a.detach().clone(), persistent=False)
+        module.register_buffer("loraga_B0", lora_b.detach().clone(), persistent=False)
+
+    def save(self, model: nn.Module, out_dir: Path) -> Path:
+        weights = super().save(model, out_dir)
+        init = {}
+        for name, module in model.named_modules():
+            if isinstance(module, LoraLayer) and hasattr(module, "loraga_A0"):
+                init[f"{name}.A0"] = module.loraga_A0.detach().cpu().contiguous()
+                init[f"{name}.B0"] = module.loraga_B0.detach().cpu().contiguous()
+        save_file(init, str(Path(out_dir) / INIT_FILE), metadata={"scaling": str(self.scaling)})
+        return weights
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        assert isinstance(model, PeftModel), "LoRAGA.merge expects the PeftModel returned by prepare()"
+        # W_res + s·BA = W + s(BA − B0A0): the in-memory residual base already carries the −s·B0A0 term.
+        return model.merge_and_unload()
