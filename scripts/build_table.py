@@ -1,0 +1,47 @@
+"""Write a paper-shaped table from finished runs: ours | paper | Δ per cell.
+
+    python scripts/build_table.py --experiment embedded            # → results/tables/embedded.md
+    python scripts/build_table.py --experiment sds_table2 --runs results/runs
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from loralab.errors import LoralabError
+from loralab.io import atomic_write_text
+from loralab.tables.build import build_from_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", required=True, help="name of a conf/experiment/<name>.yaml with a table block")
+    parser.add_argument("--runs", type=Path, default=ROOT / "results" / "runs")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "results" / "tables")
+    args = parser.parse_args(argv)
+
+    spec_file = ROOT / "conf" / "experiment" / f"{args.experiment}.yaml"
+    if not spec_file.exists():
+        valid = sorted(p.stem for p in spec_file.parent.glob("*.yaml"))
+        print(f"error: no experiment {args.experiment!r}; valid: {valid}", file=sys.stderr)
+        return 2
+    spec = OmegaConf.to_container(OmegaConf.load(spec_file).table)
+    try:
+        table = build_from_spec(spec, args.runs, root=ROOT)
+    except LoralabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.out_dir / f"{spec['name']}.md"
+    atomic_write_text(out, table)
+    print(table)
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

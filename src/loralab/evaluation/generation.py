@@ -1,0 +1,54 @@
+"""Batched greedy generation with explicit left padding.
+
+Left padding keeps every prompt's last token at the same position, so a batch generates exactly what each
+prompt would generate alone; the attention mask hides the pads (tests check batch-size invariance).
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def left_padded_batch(
+    prompts: list[str], tokenizer: PreTrainedTokenizerBase, add_bos: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    encoded = [bos + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(len(ids) for ids in encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, ids in enumerate(encoded):
+        input_ids[i, width - len(ids):] = torch.tensor(ids)
+        attention_mask[i, width - len(ids):] = 1
+    return input_ids, attention_mask
+
+
+@torch.no_grad()
+def generate_greedy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[str]:
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    outputs: list[str] = []
+    batches = range(0, len(prompts), batch_size)
+    for start in tqdm(batches, desc="generating", disable=not progress, leave=False):
+        input_ids, attention_mask = left_padded_batch(prompts[start:start + batch_size], tokenizer)
+        generated = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new_tokens = generated[:, input_ids.shape[1]:]
+        outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    return outputs

@@ -1,0 +1,53 @@
+"""Trainer callbacks the runner always installs."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from loralab.errors import NonFiniteLossError
+
+
+class StepLogCallback(TrainerCallback):
+    """Appends every Trainer log event (loss, lr, grad norm, ...) as one JSON line to ``steps.jsonl``.
+
+    A resumed run appends after the entries of the interrupted one; each line carries its step, so readers
+    keep the last entry per step.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not logs or not state.is_world_process_zero:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": state.global_step, **logs}, default=float) + "\n")
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stops training at the first step whose gradients are NaN/inf, before the optimiser applies them.
+
+    Raising here means the step is never applied and no checkpoint is written after it, so the last saved
+    checkpoint is the last good one.
+    """
+
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                              model: torch.nn.Module | None = None, **kwargs: Any) -> None:
+        if model is None:
+            return
+        grads = [p.grad.detach() for p in model.parameters() if p.requires_grad and p.grad is not None]
+        if not grads:
+            return
+        total = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]).sum()
+        if not math.isfinite(total.item()):
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient at step {state.global_step + 1}; training stopped. The last good "
+                f"checkpoint (if any) is in {args.output_dir}. Lower trainer.learning_rate or check the data."
+            )

@@ -1,0 +1,65 @@
+"""The table builder: paper layout, ours | paper | Δ, seeds pooled, protocols never mixed."""
+from pathlib import Path
+
+import pytest
+
+from loralab.errors import ConfigError
+from loralab.io import atomic_write_json
+from loralab.tables.build import RunResult, build_table, collect_runs
+from loralab.tables.reference import REFERENCE_DIR, load_reference
+
+SPEC = {
+    "name": "sds_table2",
+    "row_keys": ["model", "method", "rank"],
+    "filter": {"dataset": "metamathqa"},
+    "columns": [{"header": "GSM8K", "task": "gsm8k", "metric": "exact_match", "scale": 100}],
+}
+
+
+def _run(method: str, score: float, seed: int = 0, protocol: str = "metamath-gsm8k/v1", **extra) -> RunResult:
+    run = {"model": "llama3_8b", "method": method, "rank": 32, "dataset": "metamathqa", "seed": seed, **extra}
+    return RunResult(run, protocol, {"gsm8k": {"exact_match": score}}, Path("."))
+
+
+def _row(table: str, method: str) -> list[str]:
+    line = next(l for l in table.splitlines() if l.startswith(f"| llama3_8b | {method} | 32 |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_cells_show_ours_paper_and_delta() -> None:
+    reference = load_reference(REFERENCE_DIR / "sds_table2.yaml")
+    table = build_table(SPEC, [_run("sds_lora", 0.80), _run("sds_lora", 0.78, seed=1)], reference)
+    ours, paper, delta = _row(table, "sds_lora")[3:6]
+    assert ours == "79.00 ± 1.41 (n=2)"
+    assert paper == "77.13"  # SDS-LoRA Table 2, LLaMA3-8B rank 32
+    assert delta.startswith("+1.87") and "⚠" in delta  # tolerance of that table is below 1.87
+
+
+def test_paper_rows_without_runs_are_laid_out_and_unknown_cells_stay_unknown() -> None:
+    reference = load_reference(REFERENCE_DIR / "sds_table2.yaml")
+    table = build_table(SPEC, [], reference)
+    ours, paper, delta = _row(table, "lora")[3:6]
+    assert (ours, paper, delta) == ("—", "73.49", "—")
+    assert "| gemma_2b | sds_lora | 32 |" in table
+
+
+def test_mixed_protocols_in_one_column_are_refused() -> None:
+    runs = [_run("lora", 0.7), _run("sds_lora", 0.8, protocol="lm-eval-gsm8k-cot/v3")]
+    with pytest.raises(ConfigError, match="mixes evaluation protocols"):
+        build_table(SPEC, runs)
+
+
+def test_runs_outside_the_filter_are_ignored_and_smoke_runs_are_marked() -> None:
+    runs = [_run("lora", 0.5, smoke=True), RunResult({"model": "llama3_8b", "method": "pissa", "rank": 32,
+                                                      "dataset": "other"}, "p", {"gsm8k": {"exact_match": 1}}, Path("."))]
+    table = build_table(SPEC, runs)
+    assert "(smoke)" in _row(table, "lora")[3]
+    assert "pissa" not in table
+
+
+def test_collect_runs_reads_only_finished_runs(tmp_path: Path) -> None:
+    metrics = {"run": {"method": "lora"}, "eval": {"protocol": "p", "tasks": {}}}
+    for name, state in (("done", "finished"), ("crashed", "running")):
+        atomic_write_json(tmp_path / name / "metrics.json", metrics)
+        atomic_write_json(tmp_path / name / "status.json", {"state": state})
+    assert [r.path.name for r in collect_runs(tmp_path)] == ["done"]
