@@ -7,14 +7,8 @@ Pretraining is seeded and single-process, so the same recipe gives the same weig
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
 import random
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,8 +17,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from loralab.data import arithmetic
-
-log = logging.getLogger(__name__)
+from loralab.models.cache import build_once
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 RECIPE_VERSION = 2  # bump when the corpus or the loop changes, so caches are not reused across versions
@@ -43,10 +36,6 @@ class TinyLMRecipe:
     corpus_size: int = 20000
     seed: int = 0
 
-    def key(self) -> str:
-        payload = json.dumps({**asdict(self), "version": RECIPE_VERSION}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
 
 def char_tokenizer(alphabet: list[str]) -> PreTrainedTokenizerFast:
     """One token per character; decoding concatenates characters back without separators."""
@@ -59,33 +48,16 @@ def char_tokenizer(alphabet: list[str]) -> PreTrainedTokenizerFast:
     )
 
 
-def default_cache_root() -> Path:
-    return Path(os.environ.get("LORALAB_CACHE", Path.home() / ".cache" / "loralab"))
-
-
 def pretrained_tiny_lm(cache_root: str | Path | None = None, **recipe_overrides: object) -> Path:
     """Directory of the pretrained embedded LM, pretraining it first if this recipe was never built."""
     recipe = TinyLMRecipe(**recipe_overrides)  # type: ignore[arg-type]
-    root = Path(cache_root) if cache_root else default_cache_root()
-    target = root / "embedded" / f"tiny_lm-{recipe.key()}"
-    if (target / "config.json").exists():
-        return target
-    root.joinpath("embedded").mkdir(parents=True, exist_ok=True)
-    log.info("pretraining the embedded LM once (recipe %s) into %s", recipe.key(), target)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny_lm-", dir=root / "embedded"))
-    try:
+
+    def write(directory: Path) -> None:
         model, tokenizer = _pretrain(recipe)
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        (staging / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
-        try:
-            os.rename(staging, target)  # atomic: readers never see a half-written model
-        except OSError:
-            if not (target / "config.json").exists():  # lost a race only if the other writer finished
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+        model.save_pretrained(directory, safe_serialization=True)
+        tokenizer.save_pretrained(directory)
+
+    return build_once("tiny_lm", recipe, RECIPE_VERSION, write, cache_root)
 
 
 def _pretrain(recipe: TinyLMRecipe) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
