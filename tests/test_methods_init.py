@@ -18,7 +18,8 @@ from loralab.methods.lora_plus import LoRAPlus
 from loralab.methods.loram import LoRAM
 from loralab.methods.milora import MiLoRA
 from loralab.methods.olora import OLoRA
-from loralab.methods.pissa import PiSSA, lora_linear_layers
+from loralab.methods.pissa import PiSSA
+from loralab.methods.residual import lora_linear_layers
 from loralab.methods.rslora import RsLoRA
 from loralab.models.tiny import tiny_llama
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from loralab.errors import ConfigError
 from loralab.methods.base import CalibrationBatches
-from loralab.methods.pissa import ResidualLoRA
+from loralab.methods.residual import ResidualLoRA
 
 # Inputs of HF models carry a per-sample sequence axis (tokens / patches), so they are fed one sample at a time;
 # any other batch (e.g. the tiny MLP's ``x``) is fed whole, its rows then being the "tokens" of one sample.

@@ -31,7 +31,7 @@ from torch import nn
 from loralab.errors import ConfigError
 from loralab.methods.base import CalibrationBatches, matching_linears
 from loralab.methods.corda import corda_preprocess, validate_corda_options
-from loralab.methods.pissa import ResidualLoRA, lora_linear_layers, set_residual_init
+from loralab.methods.residual import ResidualLoRA, lora_linear_layers, set_residual_init
 
 BASES = ("dst", "orth", "gaussian")
 GAINS = ("log", "spectral")

@@ -16,7 +16,7 @@ from torch import nn
 
 from loralab.errors import ConfigError
 from loralab.methods.base import CalibrationBatches
-from loralab.methods.pissa import ResidualLoRA, lora_linear_layers, set_residual_init
+from loralab.methods.residual import ResidualLoRA, lora_linear_layers, set_residual_init
 
 
 @torch.no_grad()

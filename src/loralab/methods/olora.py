@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from peft import LoraConfig
 
-from loralab.methods.pissa import ResidualLoRA
+from loralab.methods.residual import ResidualLoRA
 
 
 @dataclass

@@ -1,0 +1,110 @@
+"""Base of every initialisation that rewrites the frozen weight (PiSSA, MiLoRA, OLoRA, CorDA, LoRAM).
+
+Such a method installs a non-zero (A0, B0) and replaces W by ``W_res = W − s·B0A0`` so the model is unchanged at
+step 0. Saving it honestly: the trained adapter only reproduces the fine-tuned model on top of ``W_res``, not on
+the pretrained ``W``. ``save`` therefore writes PEFT's *converted* adapter,
+``ΔW = s·(BA − B0A0) = s·[B | −B0]·[A ; A0]`` — a plain rank-2r LoRA (``init_lora_weights=True``, same scaling)
+that loads with ``PeftModel.from_pretrained`` on a fresh pretrained base. This is the conversion PEFT performs
+for ``save_pretrained(path_initial_model_for_weight_conversion=...)``; it is done here directly from an in-memory
+copy of (A0, B0) because PEFT's path drops ``modules_to_save`` weights from the converted file and needs the
+initial adapter on disk.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+from torch import nn
+
+from loralab.methods.base import CalibrationBatches
+from loralab.methods.lora import LoRA
+
+ADAPTER = "default"
+
+
+def lora_linear_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
+    """(name, PEFT LoRA layer) for every adapted ``nn.Linear`` of ``model``, in module order."""
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and ADAPTER in module.lora_A and isinstance(module.get_base_layer(), nn.Linear):
+            yield name, module
+
+
+@torch.no_grad()
+def set_residual_init(layer: LoraLayer, lora_A: torch.Tensor, lora_B: torch.Tensor) -> None:
+    """Install (A0, B0) in a PEFT layer and replace its frozen weight by ``W − s·B0A0`` (math in fp32)."""
+    base = layer.get_base_layer()
+    weight = base.weight
+    s = layer.scaling[ADAPTER]
+    layer.lora_A[ADAPTER].weight.data = lora_A.to(layer.lora_A[ADAPTER].weight.dtype).contiguous()
+    layer.lora_B[ADAPTER].weight.data = lora_B.to(layer.lora_B[ADAPTER].weight.dtype).contiguous()
+    residual = weight.float() - s * (lora_B.float() @ lora_A.float())
+    base.weight.data = residual.to(weight.dtype)
+
+
+@dataclass
+class ResidualLoRA(LoRA):
+    """LoRA whose initialisation puts a non-zero B0A0 and subtracts s·B0A0 from the frozen weight."""
+
+    # (A0, B0) as PEFT state-dict entries, kept on the CPU for the converted save; filled by ``prepare``.
+    _initial: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def create_peft_model(
+        self,
+        model: nn.Module,
+        target_modules: list[str],
+        modules_to_save: list[str] | None,
+        calibration: CalibrationBatches | None,
+    ) -> PeftModel:
+        """Build the PEFT model with (A0, B0) installed and W already replaced by the residual."""
+        return get_peft_model(model, self.lora_config(target_modules, modules_to_save))
+
+    def prepare(
+        self,
+        model: nn.Module,
+        target_modules: list[str],
+        modules_to_save: list[str] | None = None,
+        calibration: CalibrationBatches | None = None,
+    ) -> nn.Module:
+        peft_model = self.create_peft_model(model, target_modules, modules_to_save, calibration)
+        state = get_peft_model_state_dict(peft_model)
+        self._initial = {k: v.detach().cpu().clone() for k, v in state.items() if ".lora_A." in k or ".lora_B." in k}
+        return peft_model
+
+    def save(self, model: nn.Module, out_dir: Path) -> Path:
+        """Write ``s·(BA − B0A0)`` as a rank-2r LoRA adapter that applies to the *pretrained* weights."""
+        if not isinstance(model, PeftModel):
+            raise TypeError(f"{type(self).__name__}.save expects the PeftModel returned by prepare()")
+        if self._initial is None:
+            raise RuntimeError(f"{type(self).__name__}.save needs the initial adapter recorded by prepare()")
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = get_peft_model_state_dict(model)
+        converted: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            value = value.detach().cpu()
+            if ".lora_A." in key:  # [A ; A0] stacks the rank dimension (rows of A)
+                converted[key] = torch.cat([value, self._initial[key].to(value.dtype)], dim=0)
+            elif ".lora_B." in key:  # [B | −B0] stacks the rank dimension (columns of B)
+                converted[key] = torch.cat([value, -self._initial[key].to(value.dtype)], dim=1)
+            else:  # modules_to_save and anything else trained alongside the adapter
+                converted[key] = value
+        converted = {k: v.contiguous() for k, v in converted.items()}
+        save_file(converted, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+        config: LoraConfig = copy.deepcopy(model.peft_config[ADAPTER])
+        config.r *= 2
+        # Keep the scaling of the doubled rank equal to the trained one: alpha/r or alpha/√r.
+        config.lora_alpha *= math.sqrt(2) if config.use_rslora else 2
+        config.init_lora_weights = True
+        config.corda_config = None
+        config.inference_mode = True
+        config.save_pretrained(str(out_dir))
+        return out_dir / "adapter_model.safetensors"
