@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors import safe_open
-from safetensors.torch import load_file, load_model
+from safetensors.torch import load_model
 from torch import nn
 from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments, default_data_collator
 from transformers.utils import ModelOutput
@@ -33,7 +32,6 @@ from transformers.utils import ModelOutput
 from conftest import compose
 from loralab.instantiate import build
 from loralab.methods.base import Method, count_trainable, matching_linears
-from loralab.methods.lora_ga import INIT_FILE
 from loralab.methods.sds_lora import sds_layers
 from loralab.models.tiny import TinyMLP, tiny_llama, tiny_mlp, tiny_vit
 
@@ -137,24 +135,6 @@ def load_peft(base: nn.Module, out_dir: Path, method: Method) -> nn.Module:
     return PeftModel.from_pretrained(base, str(out_dir))
 
 
-def load_lora_ga(base: nn.Module, out_dir: Path, method: Method) -> nn.Module:
-    """LoRA-GA's documented load: the adapter applies to W − s·B0A0, with (A0, B0) from ``loraga_init``."""
-    model = PeftModel.from_pretrained(base, str(out_dir))
-    path = out_dir / INIT_FILE
-    with safe_open(str(path), framework="pt") as f:
-        scaling = float(f.metadata()["scaling"])
-    init = load_file(str(path))
-    residualised = 0
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if f"{name}.A0" in init:
-                weight = module.get_base_layer().weight
-                weight -= scaling * (init[f"{name}.B0"] @ init[f"{name}.A0"])
-                residualised += 1
-    assert residualised == len(init) // 2 > 0, "every saved (A0, B0) pair must name a layer of the loaded model"
-    return model
-
-
 def load_full(base: nn.Module, out_dir: Path, method: Method) -> nn.Module:
     load_model(base, str(out_dir / "model.safetensors"))
     return base
@@ -211,7 +191,7 @@ METHODS: dict[str, Expect] = {
     "loram": Expect(),
     "sds_lora": SDS,
     "sds_ortho": SDS,
-    "lora_ga": Expect(loader=load_lora_ga),
+    "lora_ga": Expect(),
     "lora_pro": Expect(),
     "scaled_adamw": Expect(),
     # AltLoRA (not "+") has no second moment: its step is lr × the r×r-preconditioned momentum, gradient-descent

@@ -9,8 +9,8 @@
 PEFT's ``init_lora_weights="lora_ga"`` differs (methods.md §4.4): it multiplies B0 by ``diag(S[r:2r])`` and applies
 the stable factor to B0 only. ``tests/test_methods_optim.py`` shows the difference.
 
-Because W is replaced, the saved adapter alone does not reproduce the model: ``save`` also writes the initial factors
-(``loraga_init.safetensors``), so the trained update relative to the *original* W is ``s(BA − B0A0)``.
+Because W is replaced, saving goes through :class:`~loralab.methods.residual.ResidualLoRA`: the written adapter is the
+rank-2r conversion ``s(BA − B0A0)``, which applies to the *original* W like any plain PEFT LoRA adapter.
 """
 from __future__ import annotations
 
@@ -20,17 +20,15 @@ from pathlib import Path
 import torch
 from peft import PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import save_file
 from torch import nn
 
 from loralab.errors import ConfigError
 from loralab.methods.base import CalibrationBatches, matching_linears
-from loralab.methods.lora import LoRA
+from loralab.methods.residual import ResidualLoRA, set_residual_init
 
 DIRECTIONS = ("ArB2r", "ArBr", "A2rBr", "random")
 SCALES = ("stable", "gd", "unit")
 SVD_METHODS = ("lowrank", "exact")
-INIT_FILE = "loraga_init.safetensors"
 
 
 def estimate_gradients(
@@ -111,7 +109,7 @@ def loraga_factors(
 
 
 @dataclass
-class LoRAGA(LoRA):
+class LoRAGA(ResidualLoRA):
     """LoRA whose (A0, B0) come from the SVD of the calibration gradient; the base weights become ``W − s·B0A0``."""
 
     name: str = "lora_ga"
@@ -143,13 +141,13 @@ class LoRAGA(LoRA):
                     f"{mod.out_features}x{mod.in_features} gradient; valid ranks are 1..{limit}"
                 )
 
-    def prepare(
+    def create_peft_model(
         self,
         model: nn.Module,
         target_modules: list[str],
-        modules_to_save: list[str] | None = None,
-        calibration: CalibrationBatches | None = None,
-    ) -> nn.Module:
+        modules_to_save: list[str] | None,
+        calibration: CalibrationBatches | None,
+    ) -> PeftModel:
         if calibration is None:
             raise ConfigError("method=lora_ga needs calibration batches (its init is the SVD of a gradient)")
         grads = estimate_gradients(model, matching_linears(model, target_modules), calibration, self.grad_batches)
@@ -169,26 +167,7 @@ class LoRAGA(LoRA):
             grad, self.rank, self.scaling, self.direction, self.scale, self.stable_gamma,
             self.svd_method, self.svd_niter, self.seed,
         )
-        lora_a, lora_b = module.lora_A["default"].weight, module.lora_B["default"].weight
-        base = module.get_base_layer().weight
-        lora_a.copy_(a0.to(lora_a.dtype))
-        lora_b.copy_(b0.to(lora_b.dtype))
-        # Residual from the factors as stored (after the dtype cast) so W_res + s·B0A0 equals W to fp32 precision.
-        offset = self.scaling * (lora_b.float() @ lora_a.float())
-        base.copy_((base.float() - offset).to(base.dtype))
-        # Non-persistent buffers: they follow the model across devices without entering the Trainer's checkpoints.
-        module.register_buffer("loraga_A0", lora_a.detach().clone(), persistent=False)
-        module.register_buffer("loraga_B0", lora_b.detach().clone(), persistent=False)
-
-    def save(self, model: nn.Module, out_dir: Path) -> Path:
-        weights = super().save(model, out_dir)
-        init = {}
-        for name, module in model.named_modules():
-            if isinstance(module, LoraLayer) and hasattr(module, "loraga_A0"):
-                init[f"{name}.A0"] = module.loraga_A0.detach().cpu().contiguous()
-                init[f"{name}.B0"] = module.loraga_B0.detach().cpu().contiguous()
-        save_file(init, str(Path(out_dir) / INIT_FILE), metadata={"scaling": str(self.scaling)})
-        return weights
+        set_residual_init(module, a0, b0)
 
     def merge(self, model: nn.Module) -> nn.Module:
         assert isinstance(model, PeftModel), "LoRAGA.merge expects the PeftModel returned by prepare()"
