@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,13 @@ from transformers import set_seed
 from loralab.data.build import training_examples
 from loralab.errors import ConfigError
 from loralab.evaluation.evaluator import check_suite, evaluate_suite, load_suite_records
-from loralab.io import atomic_write_json, atomic_write_text, read_json
+from loralab.io import atomic_write_dir, atomic_write_json, atomic_write_text, read_json
 from loralab.methods.base import Method, count_trainable
 from loralab.models.loading import load_model
 from loralab.provenance import git_state, hardware, package_versions, peak_memory_bytes
 from loralab.rundir import RunDir, config_hash
-from loralab.training.trainer import build_trainer, last_checkpoint, training_arguments
+from loralab.training.checkpoints import resumable_checkpoint
+from loralab.training.trainer import build_trainer, loss_summary, train_or_restore, training_arguments
 
 log = logging.getLogger("loralab")
 
@@ -47,9 +49,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     check_config(cfg)
     run_dir = RunDir.for_config(cfg)
-    if cfg.force_rerun:
-        run_dir.clear()  # a forced re-run starts from scratch, not from the old run's checkpoints
-    elif run_dir.is_finished():
+    if not cfg.force_rerun and run_dir.is_finished():
         log.info("already finished, skipping: %s", run_dir.path)
         return read_json(run_dir.metrics_file)
     set_seed(cfg.seed)
@@ -72,21 +72,58 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model = method.prepare(model, targets, list(cfg.model.get("modules_to_save") or []), calibration)
     trainable = count_trainable(model)
 
-    # 2. train (resuming from the last checkpoint of an interrupted run)
+    # 2. train (resuming from the last complete checkpoint of an interrupted run)
+    if cfg.force_rerun:
+        # a forced re-run starts from scratch, not from the old run's checkpoints; cleared only now, so a
+        # forced re-run that fails its checks leaves the previous results in place
+        run_dir.clear()
     run_dir.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    resume_from = last_checkpoint(run_dir.checkpoints)
-    run_dir.mark("running", resumed_from=resume_from)
+    attempt = int(run_dir.status().get("attempt", 0)) + 1
+    # pid/host let a reader tell a live run from one killed without a chance to record it (kill -9, OOM)
+    run_dir.mark("running", attempt=attempt, pid=os.getpid(), host=socket.gethostname())
+    progress: dict[str, Any] = {}  # filled as training goes, so a failure can say where it happened
+    try:
+        metrics = _train_evaluate_record(cfg, run_dir, method, model, tokenizer, examples, collator, eval_records,
+                                         started, trainable, total_params, attempt, progress)
+    except BaseException as err:
+        # Whatever stops a run after its directory exists is recorded there, so no run is left "running";
+        # the exception still propagates (the CLI turns LoralabErrors into one line and a non-zero exit).
+        state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        trainer = progress.get("trainer")
+        run_dir.mark(state, attempt=attempt, error=f"{type(err).__name__}: {err}",
+                     completed_steps=trainer.state.global_step if trainer is not None else None,
+                     stage=progress.get("stage"), resumed_from=progress.get("resumed_from"),
+                     failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        raise
+    run_dir.mark("finished", attempt=attempt, resumed_from=metrics["train"]["resumed_from"])
+    log.info("finished %s: %s", run_dir.path.name,
+             {t: _headline(s) for t, s in metrics["eval"]["tasks"].items()})
+    return metrics
+
+
+def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, model: torch.nn.Module,
+                           tokenizer: Any, examples: Any, collator: Any, eval_records: Any, started: float,
+                           trainable: int, total_params: int, attempt: int,
+                           progress: dict[str, Any]) -> dict[str, Any]:
+    progress["stage"] = "resume"
+    resume_from, skipped = resumable_checkpoint(run_dir.checkpoints)
+    progress["resumed_from"] = resume_from
+    run_dir.mark("running", attempt=attempt, pid=os.getpid(), host=socket.gethostname(),
+                 resumed_from=resume_from, skipped_checkpoints=[s.describe() for s in skipped])
     if resume_from:
         log.info("resuming from %s", resume_from)
     report_to = list(cfg.logger.report_to)
     _configure_wandb(cfg, run_dir.path, report_to)
     args = training_arguments(cfg.trainer, run_dir.checkpoints, cfg.seed, report_to, cfg.progress)
     trainer = build_trainer(model, method, args, examples, collator, run_dir.path / "steps.jsonl")
-    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    progress.update(stage="train", trainer=trainer)
+    train_output = train_or_restore(trainer, resume_from)
 
-    # 3. save the trained weights, then evaluate
-    weights = method.save(trainer.model, run_dir.path / "adapter")
+    # 3. save the trained weights (swapped in whole, never half-written), then evaluate
+    progress["stage"] = "save"
+    weights = atomic_write_dir(run_dir.path / "adapter", lambda out: method.save(trainer.model, out))
+    progress["stage"] = "evaluate"
     scores = evaluate_suite(trainer.model, tokenizer, cfg.eval, run_dir.path, cfg.progress, eval_records)
 
     # 4. record
@@ -98,8 +135,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         },
         "eval": {"suite": cfg.eval.name, "protocol": cfg.eval.protocol, "tasks": scores},
         "train": {
-            "steps": train_output.global_step, "final_loss": train_output.training_loss,
+            "steps": train_output.global_step,
+            # final_loss / mean_loss come from the log history, which a resume restores, so they match an
+            # uninterrupted run; the Trainer's own average covers only this process's steps (None if none).
+            **loss_summary(trainer.state.log_history),
+            "session_mean_loss": train_output.training_loss,
             "resumed_from": resume_from,
+            "skipped_checkpoints": [s.describe() for s in skipped],
         },
         "cost": {
             "wall_time_s": round(time.time() - started, 2), "peak_memory_bytes": peak_memory_bytes(),
@@ -109,8 +151,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "provenance": {"git": git_state(), "packages": package_versions(), "hardware": hardware()},
     }
     atomic_write_json(run_dir.metrics_file, metrics)
-    run_dir.mark("finished")
-    log.info("finished %s: %s", run_dir.path.name, {t: _headline(s) for t, s in scores.items()})
     return metrics
 
 

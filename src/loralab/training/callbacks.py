@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
 from loralab.errors import NonFiniteLossError
 
@@ -21,14 +22,29 @@ class StepLogCallback(TrainerCallback):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._tail_checked = False
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not logs or not state.is_world_process_zero:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._tail_checked:
+            self._tail_checked = True
+            drop_partial_last_line(self.path)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": state.global_step, **logs}, default=float) + "\n")
+
+
+def drop_partial_last_line(path: Path) -> None:
+    """Cut a line a killed process left half-written, so appending after it keeps every line valid JSON."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data.endswith(b"\n"):
+            return
+        handle.truncate(data.rfind(b"\n") + 1)  # no newline at all: the whole file was one partial line
 
 
 class NonFiniteGuard(TrainerCallback):
@@ -47,7 +63,10 @@ class NonFiniteGuard(TrainerCallback):
             return
         total = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]).sum()
         if not math.isfinite(total.item()):
+            # global_step counts completed optimiser steps, so the failing one is the next
+            last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
             raise NonFiniteLossError(
-                f"non-finite loss or gradient at step {state.global_step + 1}; training stopped. The last good "
-                f"checkpoint (if any) is in {args.output_dir}. Lower trainer.learning_rate or check the data."
+                f"non-finite loss or gradient at step {state.global_step + 1} (gradient norm {total.item()}); "
+                f"training stopped before applying it and {kept}. Lower trainer.learning_rate or check the data."
             )
