@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from loralab.io import atomic_write_json, read_json
 
 # Top-level keys that never change what a run computes.
-NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "progress", "force_rerun")
+NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "progress", "force_rerun", "diagnostics")
 
 STATUS_FILE = "status.json"
 

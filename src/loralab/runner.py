@@ -27,6 +27,8 @@ from loralab.models.loading import load_model
 from loralab.provenance import git_state, hardware, package_versions, peak_memory_bytes
 from loralab.rundir import RunDir, config_hash
 from loralab.training.checkpoints import resumable_checkpoint
+from loralab.training.callbacks import StepLogCallback
+from loralab.training.diagnostics import diagnostics_callback, summarise
 from loralab.training.trainer import build_trainer, loss_summary, train_or_restore, training_arguments
 
 log = logging.getLogger("loralab")
@@ -116,7 +118,10 @@ def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, mod
     report_to = list(cfg.logger.report_to)
     _configure_wandb(cfg, run_dir.path, report_to)
     args = training_arguments(cfg.trainer, run_dir.checkpoints, cfg.seed, report_to, cfg.progress)
-    trainer = build_trainer(model, method, args, examples, collator, run_dir.path / "steps.jsonl")
+    step_log = StepLogCallback(run_dir.path / "steps.jsonl")
+    diagnostics = diagnostics_callback(cfg.get("diagnostics") or {}, step_log, report_to)
+    trainer = build_trainer(model, method, args, examples, collator, step_log,
+                            extra_callbacks=[diagnostics] if diagnostics else ())
     progress.update(stage="train", trainer=trainer)
     train_output = train_or_restore(trainer, resume_from)
 
@@ -148,6 +153,7 @@ def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, mod
             "trainable_params": trainable, "total_params": total_params,
             "adapter_bytes": Path(weights).stat().st_size,
         },
+        "diagnostics": summarise(diagnostics),
         "provenance": {"git": git_state(), "packages": package_versions(), "hardware": hardware()},
     }
     atomic_write_json(run_dir.metrics_file, metrics)

@@ -119,6 +119,7 @@ class DiagnosticsCallback(TrainerCallback):
         log_to_trainer: bool = True,
         basis_getter: BasisGetter | None = None,
         keep_full_gradients: bool = False,
+        sink: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if interval < 1 or max_layers < 1:
             raise ValueError(f"interval={interval} and max_layers={max_layers} must be >= 1")
@@ -126,6 +127,8 @@ class DiagnosticsCallback(TrainerCallback):
         self.alignment, self.log_to_trainer = alignment, log_to_trainer
         self.basis_getter = basis_getter or find_sds_bases
         self.records: list[dict[str, Any]] = []
+        # Receives each record's layer-mean summary (the runner writes it to the step log and wandb).
+        self.sink = sink
         # Opt-in: keep the last diagnostic step's captured G per layer (m×n each) for inspection/tests.
         self.keep_full_gradients = keep_full_gradients
         self.full_gradients: dict[str, torch.Tensor] = {}
@@ -203,8 +206,11 @@ class DiagnosticsCallback(TrainerCallback):
         self._grads = {}
         self._active_step = None
         self.records.append(record)
+        summary = {k: v for k, v in record.items() if k != "layers"}
         if self.log_to_trainer:
-            state.log_history.append({k: v for k, v in record.items() if k != "layers"})
+            state.log_history.append(summary)
+        if self.sink is not None:
+            self.sink(summary)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self._detach()

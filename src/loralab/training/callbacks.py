@@ -26,14 +26,17 @@ class StepLogCallback(TrainerCallback):
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if not logs or not state.is_world_process_zero:
-            return
+        if logs and state.is_world_process_zero:
+            self.write({"step": state.global_step, **logs})
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (also used for records that are not Trainer log events, e.g. diagnostics)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self._tail_checked:
             self._tail_checked = True
             drop_partial_last_line(self.path)
         with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": state.global_step, **logs}, default=float) + "\n")
+            handle.write(json.dumps(record, default=float) + "\n")
 
 
 def drop_partial_last_line(path: Path) -> None:

@@ -40,9 +40,11 @@ def build_trainer(
     args: TrainingArguments,
     train_dataset: Sequence[dict[str, Any]],
     collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
-    step_log: Path,
+    step_log: Path | StepLogCallback,
     extra_callbacks: Sequence[Any] = (),
 ) -> Trainer:
+    if not isinstance(step_log, StepLogCallback):
+        step_log = StepLogCallback(step_log)
     optimizer = method.build_optimizer(model, lr=args.learning_rate, weight_decay=args.weight_decay)
     return Trainer(
         model=model,
@@ -50,7 +52,7 @@ def build_trainer(
         train_dataset=train_dataset,
         data_collator=collator,
         optimizers=(optimizer, None),
-        callbacks=[StepLogCallback(step_log), NonFiniteGuard(), *method.callbacks(), *extra_callbacks],
+        callbacks=[step_log, NonFiniteGuard(), *method.callbacks(), *extra_callbacks],
     )
 
 
