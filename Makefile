@@ -32,3 +32,46 @@ figures: install
 
 clean-runs:
 	rm -rf results/runs results/hydra results/tables
+
+# ---- Paper tables (README "Paper tables") -------------------------------------------------------------------
+#   make reproduce-table1 … reproduce-table7          SDS-LoRA Tables 1–7     (experiment sds_table<N>)
+#   make reproduce-loram-table1 / -table2 / -table4   LoRAM Tables 1, 2, 4    (experiment loram_table<N>)
+#   make reproduce-rank-params                        the rank article's table, computed (no runs)
+#   make plan-table1 …, or PLAN=1 make reproduce-…    cells, GPU memory and GPU-hours; nothing run
+# Each target runs every sweep feeding the table (table.sweeps in its experiment file; finished cells are
+# skipped, unfinished ones resume), then writes results/tables/<table>.md — also when some cells failed, and
+# then exits non-zero. ARGS adds overrides, e.g. ARGS="model=llama3_8b" or ARGS="hydra/launcher=submitit_slurm";
+# RESULTS moves runs and tables (default results/: results/runs, results/tables).
+RESULTS ?= results
+PAPER_TABLES := table1 table2 table3 table4 table5 table6 table7 loram-table1 loram-table2 loram-table4
+paper_experiment = $(if $(filter loram-%,$(1)),$(subst -,_,$(1)),sds_$(1))
+
+.PHONY: $(addprefix reproduce-,$(PAPER_TABLES)) $(addprefix plan-,$(PAPER_TABLES)) reproduce-rank-params
+
+$(addprefix reproduce-,$(PAPER_TABLES)): reproduce-%: install
+ifeq ($(PLAN),1)
+	$(PY) scripts/plan.py --experiment $(call paper_experiment,$*) $(ARGS)
+else
+	@sweeps=$$($(PY) scripts/plan.py --experiment $(call paper_experiment,$*) --sweeps) || exit 2; \
+	tables=$$($(PY) scripts/plan.py --experiment $(call paper_experiment,$*) --tables) || exit 2; \
+	status=0; \
+	for sweep in $$sweeps; do \
+	  echo "== $(PY) run.py -m experiment=$$sweep progress=false paths.results_dir=$(RESULTS) $(ARGS)"; \
+	  $(PY) run.py -m experiment=$$sweep progress=false paths.results_dir=$(RESULTS) $(ARGS) || status=1; \
+	done; \
+	for table in $$tables; do \
+	  $(PY) scripts/build_table.py --experiment $$table --runs $(RESULTS)/runs --out-dir $(RESULTS)/tables || status=1; \
+	done; \
+	exit $$status
+endif
+
+$(addprefix plan-,$(PAPER_TABLES)): plan-%: install
+	$(PY) scripts/plan.py --experiment $(call paper_experiment,$*) $(ARGS)
+
+reproduce-rank-params: install
+	$(PY) scripts/rank_params_table.py --out-dir $(RESULTS)/tables
+
+# Per-method step time / memory / FLOPs and the framework tax (results/bench/); CUDA shapes when a GPU is visible
+.PHONY: bench
+bench: install
+	$(PY) scripts/bench_overhead.py

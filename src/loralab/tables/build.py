@@ -12,26 +12,85 @@ A table is declared by the ``table:`` block of an experiment config:
 
 Runs that differ only by seed are pooled (mean ± std over seeds). A column's runs must share one evaluation
 protocol: mixing protocols in a column is refused, since such numbers are not comparable.
+
+Optional keys (all backwards compatible; a spec without them behaves as before):
+
+    fields: {refresh: method.refresh, table: table.name}  # extra run fields, read from the run's config.yaml
+                                                          # (dotted paths); usable in row_keys and filter
+    wildcards: {rank: all}          # a reference row whose rank is 'all' pools the runs of every rank
+    note: "..."                     # one paragraph printed under the title (e.g. what a column measures)
+    columns:
+      - {header: Avg, tasks: [boolq, piqa], metric: accuracy, scale: 100}  # mean of the per-task means
+      - {header: Average, tasks: [{task: gsm8k, metric: exact_match}, {task: mbpp, metric: pass@1}], scale: 100}
+      - {header: "Main time (h)", source: steps, field: train_runtime, scale: 2.777777777777778e-04}
+      - {header: "Memory (GB)", source: cost, field: peak_memory_bytes.gpu_allocated, scale: 9.313225746154785e-10}
+      - {header: "Time overhead (%)", source: steps, field: train_runtime, relative_to: {method: lora}}
+
+``source`` is ``eval`` (default: ``metrics.json`` eval scores of ``task``/``tasks``), a top-level section of
+``metrics.json`` (``cost``, ``train``; ``field`` is a dotted path inside it) or ``steps`` (the last value of
+``field`` in ``steps.jsonl``, e.g. the Trainer's ``train_runtime``). ``relative_to`` turns a column into the
+percent change against the row with those row keys replaced (e.g. the LoRA row of the same model/data set).
+
+A reference row key that is null (Full FT has no rank) or equal to its ``wildcards`` value matches any run
+value, so such rows collect their runs whatever the run's rank. Cells the reference marks ``not_applicable``
+show ``n/a``.
 """
 from __future__ import annotations
 
+import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+import yaml
 
 from loralab.errors import ConfigError
 from loralab.io import read_json
-from loralab.tables.reference import ReferenceTable, load_reference
+from loralab.tables.reference import NOT_APPLICABLE, ReferenceTable, load_reference
+
+SOURCES: tuple[str, ...] = ("eval", "cost", "train", "steps")
 
 
 @dataclass(frozen=True)
 class Column:
     header: str
-    task: str
-    metric: str
+    task: str | None = None
+    metric: str | None = None
     scale: float = 1.0
+    tasks: tuple[Any, ...] | None = None          # mean over several eval tasks: names or {task, metric}
+    source: str = "eval"                          # eval | cost | train | steps
+    field: str | None = None                      # dotted path for the non-eval sources
+    relative_to: Mapping[str, Any] | None = None  # percent change against another row
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f"column {self.header!r}: source={self.source!r}; valid: {list(SOURCES)}")
+        if self.source == "eval":
+            if (self.task is None) == (self.tasks is None):
+                raise ConfigError(f"column {self.header!r}: an eval column needs exactly one of task / tasks")
+            if self.tasks is not None:  # entries: a task name (scored by `metric`) or {task: ..., metric: ...}
+                pairs = tuple((t["task"], t.get("metric", self.metric)) if isinstance(t, Mapping) else (t, self.metric)
+                              for t in self.tasks)
+                object.__setattr__(self, "tasks", pairs)
+            if self.metric is None and any(m is None for _, m in self.task_metrics):
+                raise ConfigError(f"column {self.header!r}: an eval column needs a metric")
+        elif not self.field:
+            raise ConfigError(f"column {self.header!r}: source {self.source!r} needs field (a dotted path)")
+
+    @property
+    def task_metrics(self) -> tuple[tuple[str, str | None], ...]:
+        """(task, metric) of every eval task the column reads."""
+        if self.source != "eval":
+            return ()
+        if self.tasks is not None:
+            return self.tasks  # type: ignore[return-value]  (normalised to pairs in __post_init__)
+        return ((str(self.task), self.metric),)
+
+    @property
+    def eval_tasks(self) -> tuple[str, ...]:
+        return tuple(t for t, _ in self.task_metrics)
 
 
 @dataclass
@@ -40,10 +99,56 @@ class RunResult:
     protocol: str
     scores: dict[str, dict[str, float]]
     path: Path
+    metrics: dict[str, Any] = field(default_factory=dict)  # the whole metrics.json (cost, train, ...)
+    _config: dict[str, Any] | None = field(default=None, repr=False)
+    _steps: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
     def smoke(self) -> bool:
         return bool(self.run.get("smoke"))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's resolved ``config.yaml`` ({} when the run directory has none)."""
+        if self._config is None:
+            file = Path(self.path) / "config.yaml"
+            self._config = (yaml.safe_load(file.read_text(encoding="utf-8")) or {}) if file.is_file() else {}
+        return self._config
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        if self._steps is None:
+            file = Path(self.path) / "steps.jsonl"
+            lines = file.read_text(encoding="utf-8").splitlines() if file.is_file() else []
+            self._steps = [json.loads(line) for line in lines if line.strip()]
+        return self._steps
+
+    def field_value(self, key: str, fields: Mapping[str, str]) -> Any:
+        """A row-key / filter value: a ``fields`` entry is read from config.yaml, anything else from ``run``."""
+        if key in fields:
+            return _dotted(self.config, fields[key])
+        return self.run.get(key)
+
+    def column_value(self, column: Column) -> float | None:
+        """The (scaled) value of a single-task or non-eval column for this run, None when it has none."""
+        if column.source == "eval":
+            assert column.task is not None
+            value = self.scores.get(column.task, {}).get(column.metric) if column.task in self.scores else None
+        elif column.source == "steps":
+            value = next((e[column.field] for e in reversed(self.steps) if column.field in e), None)
+        else:
+            value = _dotted(self.metrics.get(column.source) or {}, str(column.field))
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return float(value) * column.scale
+
+
+def _dotted(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(data, Mapping) or part not in data:
+            return None
+        data = data[part]
+    return data
 
 
 def collect_runs(runs_dir: Path) -> list[RunResult]:
@@ -55,12 +160,12 @@ def collect_runs(runs_dir: Path) -> list[RunResult]:
             continue
         metrics = read_json(metrics_file)
         results.append(RunResult(metrics["run"], metrics["eval"]["protocol"], metrics["eval"]["tasks"],
-                                 metrics_file.parent))
+                                 metrics_file.parent, metrics))
     return results
 
 
-def _matches(run: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    return all(str(run.get(k)) == str(v) for k, v in wanted.items())
+def _matches(run: RunResult, wanted: dict[str, Any], fields: Mapping[str, str]) -> bool:
+    return all(str(run.field_value(k, fields)) == str(v) for k, v in wanted.items())
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -77,40 +182,58 @@ def _cell(values: list[float], smoke: bool) -> tuple[str, float | None]:
 
 def build_table(spec: dict[str, Any], runs: list[RunResult], reference: ReferenceTable | None = None) -> str:
     row_keys: list[str] = list(spec["row_keys"])
+    fields: dict[str, str] = dict(spec.get("fields") or {})
+    wildcards: dict[str, Any] = dict(spec.get("wildcards") or {})
     columns = [Column(**c) for c in spec["columns"]]
-    selected = [r for r in runs if _matches(r.run, spec.get("filter") or {})]
+    selected = [r for r in runs if _matches(r, spec.get("filter") or {}, fields)]
 
     for column in columns:  # one protocol per column, or the numbers are not comparable
-        protocols = {r.protocol for r in selected if column.task in r.scores}
+        protocols = {r.protocol for r in selected if any(t in r.scores for t in column.eval_tasks)}
         if len(protocols) > 1:
             raise ConfigError(
                 f"table {spec['name']}: column {column.header!r} mixes evaluation protocols {sorted(protocols)}; "
                 f"filter the runs to one protocol"
             )
 
-    rows: list[dict[str, Any]] = []
+    def key_of(run: RunResult) -> dict[str, Any]:
+        return {k: run.field_value(k, fields) for k in row_keys}
+
+    # (row, from_reference): reference rows match runs with null / wildcard keys as "any value"
+    rows: list[tuple[dict[str, Any], bool]] = []
     if reference is not None:
-        rows.extend({k: row.get(k) for k in row_keys} for row in reference.rows())
+        rows.extend(({k: row.get(k) for k in row_keys}, True) for row in reference.rows())
     for run in selected:
-        key = {k: run.run.get(k) for k in row_keys}
-        if not any(_same_row(key, row) for row in rows):
-            rows.append(key)
+        key = key_of(run)
+        if not any(_row_matches(key, row, ref, wildcards) for row, ref in rows):
+            rows.append((key, False))
+
+    def runs_of(row: dict[str, Any], ref: bool) -> list[RunResult]:
+        return [r for r in selected if _row_matches(key_of(r), row, ref, wildcards)]
 
     tolerance = reference.tolerance if reference is not None else None
     header = [*row_keys] + [f"{c.header} {part}" for c in columns for part in ("ours", "paper", "Δ")]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     flagged = 0
-    for row in rows:
-        row_runs = [r for r in selected if _same_row({k: r.run.get(k) for k in row_keys}, row)]
+    for row, ref_row in rows:
+        row_runs = runs_of(row, ref_row)
+        smoke = any(r.smoke for r in row_runs)
         cells = [_fmt_key(row.get(k)) for k in row_keys]
         for column in columns:
-            values = [r.scores[column.task][column.metric] * column.scale
-                      for r in row_runs if column.task in r.scores]
-            ours_text, ours = _cell(values, smoke=any(r.smoke for r in row_runs))
             ref = reference.lookup(row, column.header) if reference is not None else None
+            if ref is not None and ref.status == NOT_APPLICABLE:
+                cells += ["n/a", "n/a", "—"]
+                continue
+            if column.relative_to:
+                base_runs = runs_of({**row, **column.relative_to}, ref_row)  # e.g. the LoRA row of this model
+                ours_text, ours = _relative(_column_mean(column, row_runs), _column_mean(column, base_runs), smoke)
+            elif column.tasks is not None:
+                ours_text, ours = _task_mean(column, row_runs, smoke)
+            else:
+                ours_text, ours = _cell([v for r in row_runs if (v := r.column_value(column)) is not None], smoke)
             paper = ref.value if ref is not None else None
             delta = None if ours is None or paper is None else ours - paper
-            mark = " ⚠" if delta is not None and tolerance is not None and abs(delta) > tolerance else ""
+            limit = reference.tolerance_for(column.header) if reference is not None else None
+            mark = " ⚠" if delta is not None and limit is not None and abs(delta) > limit else ""
             flagged += bool(mark)
             cells += [ours_text, _fmt(paper), (f"{delta:+.2f}" if delta is not None else "—") + mark]
         lines.append("| " + " | ".join(cells) + " |")
@@ -118,17 +241,52 @@ def build_table(spec: dict[str, Any], runs: list[RunResult], reference: Referenc
     title = spec.get("title") or (reference.title if reference is not None else spec["name"])
     notes = [f"# {title}", ""]
     if reference is not None:
-        notes.append(f"Paper: {reference.paper}, Table {reference.table}. ⚠ marks |Δ| > {tolerance}.")
+        notes.append(f"Paper: {reference.paper}, Table {reference.table}. ⚠ marks |Δ| > {tolerance}"
+                     + (" (per-column tolerances apply)." if reference.column_tolerances else "."))
     else:
         notes.append("No published numbers exist for these cells: the paper column is empty by design.")
     notes.append("Cells marked (smoke) come from shrunken CI runs and are not reproductions.")
+    if spec.get("note"):
+        notes.append(str(spec["note"]).strip())
     if flagged:
         notes.append(f"{flagged} cell(s) differ from the paper by more than the tolerance.")
     return "\n".join(notes + [""] + lines) + "\n"
 
 
-def _same_row(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return all(str(a.get(k)) == str(b.get(k)) for k in a)
+def _column_mean(column: Column, runs: list[RunResult]) -> float | None:
+    if column.tasks is not None:
+        return _task_mean(column, runs, False)[1]
+    values = [v for r in runs if (v := r.column_value(column)) is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _task_mean(column: Column, runs: list[RunResult], smoke: bool) -> tuple[str, float | None]:
+    """Mean over ``column.tasks`` of each task's mean over the runs; '—' unless every task has a score."""
+    per_task = []
+    for task, metric in column.task_metrics:
+        values = [r.scores[task][metric] * column.scale for r in runs if metric in r.scores.get(task, {})]
+        if not values:
+            return "—", None
+        per_task.append(statistics.fmean(values))
+    mean = statistics.fmean(per_task)
+    return _fmt(mean) + (" (smoke)" if smoke else ""), mean
+
+
+def _relative(value: float | None, base: float | None, smoke: bool) -> tuple[str, float | None]:
+    if value is None or base is None or base == 0:
+        return "—", None
+    change = 100.0 * (value / base - 1.0)
+    return f"{change:+.2f}" + (" (smoke)" if smoke else ""), change
+
+
+def _row_matches(key: dict[str, Any], row: dict[str, Any], from_reference: bool, wildcards: Mapping[str, Any]) -> bool:
+    """Does a run's key belong to ``row``? Reference rows treat null and wildcard values as 'any value'."""
+    for k, want in row.items():
+        if from_reference and (want is None or (k in wildcards and str(want) == str(wildcards[k]))):
+            continue
+        if str(key.get(k)) != str(want):
+            return False
+    return True
 
 
 def _fmt_key(value: Any) -> str:
