@@ -117,11 +117,6 @@ def test_sds_recipes_take_per_method_learning_rates_and_loram_one_rate() -> None
         assert {j["method"] for j in cells} == {"full_ft"} and len({j["rank"] for j in cells}) == 1
 
 
-_PAPER_LLM_BUG = "warmup_ratio" in (ROOT / "conf" / "trainer" / "paper_llm.yaml").read_text()
-
-
-@pytest.mark.xfail(_PAPER_LLM_BUG, strict=True, reason="conf/trainer/paper_llm.yaml sets warmup_ratio, which "
-                   "transformers >= 5 no longer accepts (TrainingArguments: warmup_steps, a float < 1 is a ratio)")
 @pytest.mark.parametrize("table", [t for t in TABLES if t != "sds_table7_intervals"])
 def test_paper_recipe_is_a_valid_trainer_configuration(table: str, tmp_path: Path) -> None:
     from transformers import TrainingArguments
