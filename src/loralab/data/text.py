@@ -18,18 +18,28 @@ def render(template: str, record: dict[str, Any]) -> str:
     return template.format(**record)
 
 
+def render_prompt(record: dict[str, Any], prompt_template: str, prompt_template_with_input: str | None = None,
+                  input_field: str = "input") -> str:
+    """Alpaca-style data sets have two prompt layouts: one for rows with a non-empty ``input``, one without."""
+    if prompt_template_with_input and record.get(input_field):
+        return render(prompt_template_with_input, record)
+    return render(prompt_template, record)
+
+
 def encode_sft(
     records: list[dict[str, Any]],
     tokenizer: PreTrainedTokenizerBase,
     prompt_template: str,
     response_template: str,
     max_length: int,
+    prompt_template_with_input: str | None = None,
 ) -> list[dict[str, list[int]]]:
     examples = []
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     for record in records:
-        prompt_ids = bos + tokenizer(render(prompt_template, record), add_special_tokens=False)["input_ids"]
+        prompt_ids = bos + tokenizer(render_prompt(record, prompt_template, prompt_template_with_input),
+                                     add_special_tokens=False)["input_ids"]
         response_ids = tokenizer(render(response_template, record), add_special_tokens=False)["input_ids"] + eos
         input_ids = (prompt_ids + response_ids)[:max_length]
         labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]

@@ -1,101 +1,343 @@
 """One evaluator for every suite declared in ``conf/eval/*.yaml``.
 
-A suite is a list of tasks; a task names its data loader (``data._target_``), its type (``generate`` or
-``classify``) and, for generation, its prompt template and answer-extraction protocol. Per-sample records
-(prompt, generation, extracted answer, verdict) go to ``samples/<task>.jsonl`` in the run directory.
+A suite is a versioned protocol (``protocol:``) and a list of tasks; a task names its data loader
+(``data._target_``), its type and the fields that type reads:
+
+``generate``           native batched generation; ``answer_pattern``/``occurrence``/``fallback``/``normalizer``
+                       extract the answer; ``compare: exact`` (string equality after normalising) or
+                       ``compare: math_verify`` (MATH: mathematical equivalence, string fallback recorded)
+``code``               native generation, then the program runs in the sandbox (``benchmark: humaneval|mbpp``);
+                       needs the suite's opt-in ``allow_code_execution: true``
+``lm_eval``            lm-evaluation-harness scores the in-memory model (log-likelihood multiple choice)
+``classify``           image classification, top-1
+``sequence_classify``  sentence (pair) classification or regression (GLUE)
+
+Per-sample records (prompt, generation, extracted answer, verdict, ...) go to ``samples/<task>.jsonl`` in the
+run directory; each task's score comes with its standard error (:mod:`loralab.evaluation.metrics`).
 """
 from __future__ import annotations
 
-import math
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from loralab.instantiate import build
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from loralab.data.text import render
+from loralab.data.text import render, render_prompt
+from loralab.data.vision import ImageRecords
 from loralab.errors import ConfigError
-from loralab.evaluation.extraction import NORMALIZERS, extract_answer
+from loralab.evaluation.extraction import (
+    FALLBACKS,
+    NORMALIZERS,
+    OCCURRENCES,
+    extract_answer,
+    extract_code,
+    truncate_at_stop,
+)
 from loralab.evaluation.generation import generate_greedy
+from loralab.evaluation.math_equiv import math_equal
+from loralab.evaluation.metrics import CORPUS_METRICS, METRICS, aggregate, mean_and_stderr, score
 from loralab.io import atomic_write_jsonl
 
+__all__ = ["TASK_TYPES", "check_suite", "evaluate_suite", "load_suite_records", "mean_and_stderr",
+           "score_answers", "score_code"]
 
-def mean_and_stderr(verdicts: list[bool]) -> tuple[float, float]:
-    n = len(verdicts)
-    if n == 0:
-        return float("nan"), float("nan")
-    p = sum(verdicts) / n
-    stderr = math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else float("nan")
-    return p, stderr
+COMPARES = ("exact", "math_verify")
+BENCHMARKS = ("humaneval", "mbpp")
+Records = Sequence[dict[str, Any]]
+TaskOutput = tuple[list[dict[str, Any]], dict[str, Any]]  # per-sample records, extras for metrics.json
 
 
-def _generate_task(model: nn.Module, tokenizer: Any, task: DictConfig, records: list[dict], progress: bool):
+# ----------------------------------------------------------------------------------------------- prompts
+def build_prompt(task: DictConfig, record: dict[str, Any]) -> str:
+    """``query_template`` (if any) first makes the record's ``query`` — e.g. HumanEval's instruction around its
+    prompt — then the prompt template (``prompt_template_with_input`` for rows with a non-empty ``input``)."""
+    if task.get("query_template"):
+        record = {**record, "query": render(task.query_template, record)}
+    return render_prompt(record, task.prompt_template, task.get("prompt_template_with_input"))
+
+
+def _generations(model: nn.Module, tokenizer: Any, task: DictConfig, prompts: list[str], progress: bool) -> list[str]:
+    raw = generate_greedy(model, tokenizer, prompts, int(task.max_new_tokens), int(task.batch_size), progress,
+                          num_beams=int(task.get("num_beams") or 1))
+    # Stop strings cut the text where a stopping decoder (MetaMath's vLLM stop list) would have ended it.
+    return [truncate_at_stop(g, list(task.get("stop") or [])) for g in raw]
+
+
+# ------------------------------------------------------------------------------------ generative answers
+def gold_answer(task: DictConfig, record: dict[str, Any]) -> str | None:
+    gold_text = str(record[task.answer_field])
+    if task.get("gold_pattern"):  # e.g. GSM8K's reference solutions end with "#### 72"
+        gold_text = extract_answer(gold_text, task.gold_pattern, fallback="none") or ""
+    if task.get("compare", "exact") == "math_verify":
+        return gold_text.strip()
+    return NORMALIZERS[task.normalizer](gold_text)
+
+
+def score_answers(task: DictConfig, records: Records, prompts: Sequence[str],
+                  generations: Sequence[str]) -> TaskOutput:
+    """Per-sample verdicts of a generative task from its generations (no model needed: golden tests use it)."""
     normalize = NORMALIZERS[task.normalizer]
-    prompts = [render(task.prompt_template, r) for r in records]
-    generations = generate_greedy(model, tokenizer, prompts, task.max_new_tokens, task.batch_size, progress)
+    compare = task.get("compare", "exact")
     samples = []
     for record, prompt, generation in zip(records, prompts, generations):
-        extracted = normalize(extract_answer(generation, task.answer_pattern, task.fallback))
-        gold_text = str(record[task.answer_field])
-        if task.get("gold_pattern"):  # e.g. GSM8K's reference solutions end with "#### 72"
-            gold_text = extract_answer(gold_text, task.gold_pattern, fallback="none") or ""
-        gold = normalize(gold_text)
-        samples.append({
-            "prompt": prompt, "generation": generation, "extracted": extracted, "gold": gold,
-            "correct": extracted is not None and extracted == gold,
-        })
-    return samples
+        extracted = normalize(extract_answer(generation, task.answer_pattern, task.get("fallback", "last_number"),
+                                             task.get("occurrence", "first")))
+        gold = gold_answer(task, record)
+        sample = {"prompt": prompt, "generation": generation, "extracted": extracted, "gold": gold}
+        if compare == "math_verify":
+            sample["correct"], sample["comparison"] = math_equal(extracted, gold or "")
+        else:
+            sample["correct"] = extracted is not None and extracted == gold
+        samples.append(sample)
+    extras: dict[str, Any] = {"unanswered": sum(s["extracted"] is None for s in samples)}
+    if compare == "math_verify":
+        extras["string_fallback"] = sum(s["comparison"] == "string" for s in samples)
+    return samples, extras
 
 
+def _generate_task(model: nn.Module, tokenizer: Any, task: DictConfig, suite: DictConfig, records: Records,
+                   out_dir: Path, progress: bool) -> TaskOutput:
+    prompts = [build_prompt(task, r) for r in records]
+    return score_answers(task, records, prompts, _generations(model, tokenizer, task, prompts, progress))
+
+
+# ------------------------------------------------------------------------------------------------- code
+def _humaneval_completion(record: dict[str, Any], code: str) -> str:
+    # A full definition of the entry point follows the prompt as new top-level code (the prompt's imports stay
+    # in scope, its docstring-only stub is a valid function that gets redefined); anything else continues
+    # the prompt's function body, as a completion model writes it.
+    if re.search(rf"^\s*def\s+{re.escape(record['entry_point'])}\s*\(", code, re.M):
+        return "\n" + code
+    return code
+
+
+def score_code(task: DictConfig, records: Records, prompts: Sequence[str], generations: Sequence[str],
+               allow_code_execution: bool) -> TaskOutput:
+    """Extract each generation's code, run it with the benchmark's tests in the sandbox, one verdict each."""
+    from loralab.evaluation.code_exec import score_humaneval, score_mbpp
+    from loralab.evaluation.sandbox import SandboxLimits
+
+    limits = SandboxLimits(timeout_s=float(task.get("timeout_s") or 10.0), cpu_s=int(task.get("timeout_s") or 10))
+    workers = int(task.get("workers") or 2)
+    extracted = [extract_code(g) for g in generations]
+    ids = [str(r["task_id"]) for r in records]
+    if task.benchmark == "humaneval":
+        completions = {tid: _humaneval_completion(r, code) for tid, r, (code, _) in zip(ids, records, extracted)}
+        result = score_humaneval(completions, allow_code_execution=allow_code_execution,
+                                 problems={tid: r for tid, r in zip(ids, records)}, limits=limits, workers=workers)
+    else:
+        completions = {tid: code for tid, (code, _) in zip(ids, extracted)}
+        result = score_mbpp(records, completions, allow_code_execution=allow_code_execution,
+                            include_challenge=bool(task.get("include_challenge", False)), limits=limits,
+                            workers=workers)
+    samples = []
+    for tid, prompt, generation, (code, how) in zip(ids, prompts, generations, extracted):
+        verdict = result.verdicts[tid]
+        samples.append({"task_id": tid, "prompt": prompt, "generation": generation, "extracted": code,
+                        "extraction": how, "verdict": verdict.status, "reason": verdict.reason,
+                        "correct": verdict.passed})
+    extras = {"allow_code_execution": result.allow_code_execution, "isolation": result.isolation,
+              "isolation_note": result.isolation_note, "n_passed": result.n_passed}
+    return samples, extras
+
+
+def _code_task(model: nn.Module, tokenizer: Any, task: DictConfig, suite: DictConfig, records: Records,
+               out_dir: Path, progress: bool) -> TaskOutput:
+    _require_code_opt_in(suite)  # checked before training too; repeated so no path runs code without it
+    prompts = [build_prompt(task, r) for r in records]
+    generations = _generations(model, tokenizer, task, prompts, progress)
+    return score_code(task, records, prompts, generations, allow_code_execution=True)
+
+
+# ------------------------------------------------------------------------------------------- lm-eval
+def _lm_eval_settings(task: DictConfig) -> dict[str, Any]:
+    settings = OmegaConf.to_container(task.lm_eval, resolve=True)
+    assert isinstance(settings, dict)
+    return settings
+
+
+def run_lm_eval_tasks(model: nn.Module, tokenizer: Any, tasks: Sequence[DictConfig], records: dict[str, Records],
+                      out_dir: Path) -> dict[str, TaskOutput]:
+    """All ``lm_eval`` tasks of a suite in one harness call (its fixed cost is paid once)."""
+    from loralab.evaluation.lm_eval_engine import run_tasks
+
+    jobs = [(t.name, list(records[t.name]), _lm_eval_settings(t)) for t in tasks]
+    # one model wrapper serves every task: check_suite made their max_length agree
+    return run_tasks(model, tokenizer, jobs, Path(out_dir) / "lm_eval", max(int(t.batch_size) for t in tasks),
+                     tasks[0].get("max_length"))
+
+
+def _lm_eval_task(model: nn.Module, tokenizer: Any, task: DictConfig, suite: DictConfig, records: Records,
+                  out_dir: Path, progress: bool) -> TaskOutput:
+    return run_lm_eval_tasks(model, tokenizer, [task], {task.name: records}, out_dir)[task.name]
+
+
+# ------------------------------------------------------------------------------------ classification
 @torch.no_grad()
-def _classify_task(model: nn.Module, tokenizer: Any, task: DictConfig, records: list[dict], progress: bool):
+def _classify_task(model: nn.Module, tokenizer: Any, task: DictConfig, suite: DictConfig, records: Records,
+                   out_dir: Path, progress: bool) -> TaskOutput:
     model.eval()
     device = next(model.parameters()).device
     samples = []
-    for start in tqdm(range(0, len(records), task.batch_size), desc="classifying", disable=not progress, leave=False):
+    for start in tqdm(range(0, len(records), task.batch_size), desc=f"classifying {task.name}",
+                      disable=not progress, leave=False):
         chunk = records[start:start + task.batch_size]
         pixels = torch.stack([torch.as_tensor(r["pixel_values"]) for r in chunk]).to(device)
         predicted = model(pixel_values=pixels).logits.argmax(-1).tolist()
         for record, pred in zip(chunk, predicted):
-            samples.append({"gold": int(record["labels"]), "predicted": int(pred), "correct": int(pred) == int(record["labels"])})
-    return samples
+            samples.append({"gold": int(record["labels"]), "predicted": int(pred),
+                            "correct": int(pred) == int(record["labels"])})
+    return samples, {}
 
 
-TASK_TYPES: dict[str, Callable[..., list[dict]]] = {"generate": _generate_task, "classify": _classify_task}
+@torch.no_grad()
+def _sequence_classify_task(model: nn.Module, tokenizer: Any, task: DictConfig, suite: DictConfig, records: Records,
+                            out_dir: Path, progress: bool) -> TaskOutput:
+    from loralab.data.build import SequenceClassificationCollator, encode_sentences
+
+    model.eval()
+    device = next(model.parameters()).device
+    regression = int(task.get("num_labels") or 2) == 1
+    collate = SequenceClassificationCollator(tokenizer.pad_token_id or 0, regression)
+    samples = []
+    for start in tqdm(range(0, len(records), task.batch_size), desc=f"classifying {task.name}",
+                      disable=not progress, leave=False):
+        chunk = list(records[start:start + task.batch_size])
+        encoded = encode_sentences(tokenizer, chunk, int(task.max_length))
+        batch = collate([{**e, "labels": r["label"]} for e, r in zip(encoded, chunk)])
+        batch.pop("labels")
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        outputs = logits[:, 0].tolist() if regression else logits.argmax(-1).tolist()
+        for record, pred in zip(chunk, outputs):
+            gold = float(record["label"]) if regression else int(record["label"])
+            samples.append({"text_a": record["text_a"], "text_b": record.get("text_b"), "gold": gold,
+                            "predicted": pred, "correct": None if regression else pred == gold})
+    extras = {}
+    for metric in task.get("extra_metrics") or []:
+        extras[metric], extras[f"{metric}_stderr"] = score(metric, samples)
+    return samples, extras
+
+
+TaskRunner = Callable[[nn.Module, Any, DictConfig, DictConfig, Records, Path, bool], TaskOutput]
+TASK_TYPES: dict[str, TaskRunner] = {
+    "generate": _generate_task, "code": _code_task, "lm_eval": _lm_eval_task,
+    "classify": _classify_task, "sequence_classify": _sequence_classify_task,
+}
+# fields each type needs, and the metrics that make sense for it
+REQUIRED = {
+    "generate": ["prompt_template", "answer_field", "answer_pattern", "normalizer", "max_new_tokens", "batch_size"],
+    "code": ["benchmark", "prompt_template", "max_new_tokens", "batch_size"],
+    "lm_eval": ["lm_eval", "batch_size"],
+    "classify": ["batch_size"],
+    "sequence_classify": ["batch_size", "max_length"],
+}
+TYPE_METRICS = {
+    "generate": ("exact_match", "accuracy"), "code": ("pass@1",), "lm_eval": ("accuracy",), "classify": ("top1",),
+    "sequence_classify": ("accuracy", *CORPUS_METRICS),
+}
+
+
+# ------------------------------------------------------------------------------------------- checks
+def _require_code_opt_in(suite: DictConfig) -> None:
+    from loralab.evaluation.code_exec import require_opt_in
+
+    require_opt_in(suite.get("allow_code_execution", False))
+
+
+def _choice(task: DictConfig, key: str, value: Any, valid: Sequence[Any]) -> None:
+    if value not in valid:
+        raise ConfigError(f"eval task {task.name}: {key}={value!r}; valid: {sorted(valid)}")
 
 
 def check_suite(suite: DictConfig) -> None:
     """Protocol errors surface before training, not after it."""
+    if not suite.get("protocol"):
+        raise ConfigError(f"eval suite {suite.get('name')!r} has no protocol: every suite names its versioned "
+                          f"protocol (e.g. protocol: metamath-gsm8k/v1)")
+    names = [t.name for t in suite.tasks]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"eval suite {suite.name}: task names {duplicated} appear more than once")
     for task in suite.tasks:
         if task.type not in TASK_TYPES:
             raise ConfigError(f"eval task {task.name}: type={task.type!r}; valid types: {sorted(TASK_TYPES)}")
-        if task.type == "generate" and task.normalizer not in NORMALIZERS:
-            raise ConfigError(f"eval task {task.name}: normalizer={task.normalizer!r}; valid: {sorted(NORMALIZERS)}")
+        missing = [k for k in REQUIRED[task.type] if task.get(k) is None]
+        if missing:
+            raise ConfigError(f"eval task {task.name} (type {task.type}) lacks {missing}")
+        _choice(task, "metric", task.get("metric"), TYPE_METRICS[task.type])
+        if task.type == "generate":
+            _choice(task, "normalizer", task.normalizer, list(NORMALIZERS))
+            _choice(task, "fallback", task.get("fallback", "last_number"), FALLBACKS)
+            _choice(task, "occurrence", task.get("occurrence", "first"), OCCURRENCES)
+            _choice(task, "compare", task.get("compare", "exact"), COMPARES)
+        if task.type == "code":
+            _choice(task, "benchmark", task.benchmark, BENCHMARKS)
+            _require_code_opt_in(suite)
+        if task.type == "lm_eval":
+            from loralab.evaluation.lm_eval_engine import HARNESS_METRICS, OUTPUT_TYPES
+
+            _choice(task, "lm_eval.output_type", task.lm_eval.get("output_type", "multiple_choice"), OUTPUT_TYPES)
+            _choice(task, "lm_eval.select", task.lm_eval.get("select", "acc"), HARNESS_METRICS)
+        if task.type == "sequence_classify":
+            for metric in task.get("extra_metrics") or []:
+                _choice(task, "extra_metrics", metric, TYPE_METRICS["sequence_classify"])
+        if task.get("num_beams") is not None and (not isinstance(task.num_beams, int) or task.num_beams < 1):
+            raise ConfigError(f"eval task {task.name}: num_beams={task.num_beams!r}; it must be an integer >= 1")
+    harness_lengths = {t.get("max_length") for t in suite.tasks if t.type == "lm_eval"}
+    if len(harness_lengths) > 1:
+        raise ConfigError(f"eval suite {suite.name}: its lm_eval tasks share one model wrapper, so they need one "
+                          f"max_length; got {sorted(harness_lengths, key=str)}")
+    if suite.get("aggregate"):
+        _choice(suite.tasks[0], "aggregate.metric", suite.aggregate.metric, METRICS)
+        if suite.aggregate.name in names:
+            raise ConfigError(f"eval suite {suite.name}: aggregate.name={suite.aggregate.name!r} is also a task name")
 
 
-def load_suite_records(suite: DictConfig) -> dict[str, list[dict]]:
+# ----------------------------------------------------------------------------------------- running
+def load_suite_records(suite: DictConfig) -> dict[str, Records]:
     """Every task's evaluation records, loaded before training so a missing data set fails early."""
     check_suite(suite)
-    records = {}
+    records: dict[str, Records] = {}
     for task in suite.tasks:
-        rows = list(build(task.data))
+        rows = build(task.data)
+        if not isinstance(rows, ImageRecords):  # image rows stay lazy: decoded one batch at a time
+            rows = list(rows)
+        if not len(rows):
+            raise ConfigError(f"eval task {task.name}: its data set is empty")
         records[task.name] = rows[: task.limit] if task.get("limit") else rows
     return records
 
 
 def evaluate_suite(
     model: nn.Module, tokenizer: Any, suite: DictConfig, out_dir: Path, progress: bool = True,
-    records: dict[str, list[dict]] | None = None,
-) -> dict[str, dict[str, float]]:
-    """Score every task of a suite; returns ``{task: {metric, metric_stderr, n}}``."""
+    records: dict[str, Records] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Score every task of a suite; returns ``{task: {metric, metric_stderr, n, ...extras}}``.
+
+    With ``aggregate: {name, metric}`` the suite also reports the unweighted mean over its tasks under
+    ``name`` (e.g. the commonsense "Avg" column).
+    """
     records = records if records is not None else load_suite_records(suite)
-    results: dict[str, dict[str, float]] = {}
+    harness_tasks = [t for t in suite.tasks if t.type == "lm_eval"]
+    harness = run_lm_eval_tasks(model, tokenizer, harness_tasks, records, Path(out_dir)) if harness_tasks else {}
+    results: dict[str, dict[str, Any]] = {}
     for task in suite.tasks:
-        samples = TASK_TYPES[task.type](model, tokenizer, task, records[task.name], progress)
+        if task.type == "lm_eval":
+            samples, extras = harness[task.name]
+        else:
+            samples, extras = TASK_TYPES[task.type](model, tokenizer, task, suite, records[task.name], Path(out_dir),
+                                                    progress)
         atomic_write_jsonl(Path(out_dir) / "samples" / f"{task.name}.jsonl", samples)
-        score, stderr = mean_and_stderr([s["correct"] for s in samples])
-        results[task.name] = {task.metric: score, f"{task.metric}_stderr": stderr, "n": len(samples)}
+        value, stderr = score(task.metric, samples)
+        # the metric comes first: the run log and the table builder read it as the task's headline number
+        results[task.name] = {task.metric: value, f"{task.metric}_stderr": stderr, "n": len(samples), **extras}
+    if suite.get("aggregate"):
+        metric = suite.aggregate.metric
+        results[suite.aggregate.name] = {**aggregate([results[t.name] for t in suite.tasks], metric),
+                                         "tasks": [t.name for t in suite.tasks]}
     return results

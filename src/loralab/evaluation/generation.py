@@ -1,4 +1,4 @@
-"""Batched greedy generation with explicit left padding.
+"""Batched deterministic generation (greedy, or beam search where a protocol uses it) with explicit left padding.
 
 Left padding keeps every prompt's last token at the same position, so a batch generates exactly what each
 prompt would generate alone; the attention mask hides the pads (tests check batch-size invariance).
@@ -33,7 +33,11 @@ def generate_greedy(
     max_new_tokens: int,
     batch_size: int = 16,
     progress: bool = True,
+    num_beams: int = 1,
 ) -> list[str]:
+    """Greedy continuations of ``prompts`` (``num_beams > 1``: beam search, still without sampling)."""
+    if not isinstance(num_beams, int) or num_beams < 1:
+        raise ValueError(f"num_beams={num_beams!r}: it must be an integer >= 1")
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -46,6 +50,7 @@ def generate_greedy(
             attention_mask=attention_mask.to(device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
+            num_beams=num_beams,
             pad_token_id=pad,
             eos_token_id=tokenizer.eos_token_id,
         )
