@@ -49,7 +49,8 @@ def _run(results: Path, *overrides: str) -> dict[str, Any]:
     original = trainer_module.build_trainer
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("loralab.runner.build_trainer",
-                      lambda *a, **k: original(*a, extra_callbacks=[_InitialAdapter(initial)], **k))
+                      lambda *a, **k: original(*a, **{**k, "extra_callbacks": [*k.get("extra_callbacks", ()),
+                                                                              _InitialAdapter(initial)]}))
         metrics = run(compose(*SHORT, *overrides, runs_dir=results))
     (run_dir,) = (results / "runs").iterdir()
     logs = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
