@@ -73,9 +73,8 @@ def orthonormal_basis(m: torch.Tensor, previous: torch.Tensor | None = None) -> 
     contribution to Q_B A discontinuously; aligning with the previous basis avoids it.
     """
     q, _ = torch.linalg.qr(m.detach().float(), mode="reduced")
-    if previous is not None:
-        sign = torch.sign((q * previous.float()).sum(dim=0))
-        q = q * torch.where(sign == 0, torch.ones_like(sign), sign)
+    if previous is not None:  # column-wise <q, previous>, one kernel and no m×r temporary; a zero keeps the sign
+        q.mul_(torch.where(torch.linalg.vecdot(q, previous.float(), dim=0) < 0, -1.0, 1.0))
     return q
 
 
@@ -93,9 +92,10 @@ class SDSState(nn.Module):
 
     Persistent (checkpointed): ``q_b`` (m×r), ``q_a`` (n×r), both fp32, and ``sds_on`` (warm-up over).
     Non-persistent: ``up`` = [Q_B | B] (m×2r) and ``down`` = [A ; Q_Aᵀ] (2r×n), the fused factors of the
-    forward, allocated once; the Q halves are written at refresh, the A/B halves copied in every forward
-    (O((m+n)r), small next to the activations; version counters cannot tell when A changed because fused
-    AdamW updates parameters without bumping them).
+    forward, held in the dtype the forward computes in (under bf16 autocast: bf16, so no per-call casts and
+    half the memory) and reallocated only when that dtype changes; the Q halves are written at refresh, the
+    A/B halves copied (and cast) in every forward (O((m+n)r), small next to the activations; version counters
+    cannot tell when A changed because fused AdamW updates parameters without bumping them).
     """
 
     def __init__(self, out_features: int, in_features: int, rank: int, like: torch.Tensor, bases: bool = True) -> None:
@@ -124,9 +124,16 @@ class SDSState(nn.Module):
         self.down[r:].copy_(q_a.T)
 
     @torch.no_grad()
-    def sync_factors(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        self.down[: self.rank].copy_(a)
-        self.up[:, self.rank :].copy_(b)
+    def sync_factors(self, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+        """Copy A and B into the fused factors, first moving those to ``dtype`` (the forward's compute dtype)."""
+        r = self.rank
+        if dtype is not None and self.up.dtype != dtype:
+            self.up = torch.empty(self.up.shape, dtype=dtype, device=self.up.device)
+            self.down = torch.empty(self.down.shape, dtype=dtype, device=self.down.device)
+            self.up[:, :r].copy_(self.q_b)
+            self.down[r:].copy_(self.q_a.T)
+        self.down[:r].copy_(a)
+        self.up[:, r:].copy_(b)
 
     def _apply(self, fn: Any, recurse: bool = True) -> SDSState:
         # model.to(bf16) must not round the bases: keep the fp32 originals, follow only device moves
@@ -147,39 +154,54 @@ class SDSState(nn.Module):
 
 
 class _FusedLowRank(torch.autograd.Function):
-    """y = s·up·(down·x) with up = [Q_B | B], down = [A ; Q_Aᵀ]; backward forms only ∇x, ∇A and ∇B."""
+    """out = result + s·up·(down·x) with up = [Q_B | B], down = [A ; Q_Aᵀ]; backward forms only ∇x, ∇A and ∇B.
+
+    Hot-path choices (each saves a pass over a tokens×out_features tensor, which on a GPU costs about as much as
+    the rank-2r products themselves): the residual add and the scale s ride in the second GEMM
+    (``addmm(result, h, upᵀ, alpha=s)``) instead of a separate multiply and add, and backward applies s to the
+    rank-2r intermediates rather than to the incoming gradient. When x needs no gradient (inputs computed from
+    frozen embeddings only) just the Q_B half of ∂h is formed, the half that ∇A needs.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, down: torch.Tensor,
-                up: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, result: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                down: torch.Tensor, up: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
         # autocast off + explicit dtype, so backward computes in exactly the dtype forward used
         with torch.autocast(x.device.type, enabled=False):
             xd, dn, u = x.to(dtype), down.to(dtype), up.to(dtype)
             h = xd @ dn.T
-            y = (h @ u.T) * scale
+            if result.dtype == dtype and result.shape[:-1] == h.shape[:-1]:
+                out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), u.T,
+                                  alpha=scale).view(result.shape)
+            else:  # e.g. bf16 base output, fp32 adapter without autocast: PEFT's result + delta.to(result.dtype)
+                out = result + ((h @ u.T) * scale).to(result.dtype)
         # A and B go through save_for_backward only for autograd's in-place check; the fused factors are kept on
         # ctx instead, because a second call of the layer before backward re-copies the same values into them
         ctx.save_for_backward(xd, h, a, b)
-        ctx.fused, ctx.scale, ctx.dtypes = (dn, u), scale, (x.dtype, a.dtype, b.dtype)
-        return y
+        ctx.fused, ctx.scale, ctx.dtypes = (dn, u), scale, (x.dtype, result.dtype, a.dtype, b.dtype)
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         xd, h, _, _ = ctx.saved_tensors
         dn, u = ctx.fused
         r = dn.shape[0] // 2
-        x_dtype, a_dtype, b_dtype = ctx.dtypes
+        x_dtype, result_dtype, a_dtype, b_dtype = ctx.dtypes
         grad_x = grad_a = grad_b = None
-        with torch.autocast(grad_y.device.type, enabled=False):
-            g = grad_y.to(u.dtype) * ctx.scale
-            grad_h = g @ u
+        with torch.autocast(grad_out.device.type, enabled=False):
+            g = grad_out.to(u.dtype).reshape(-1, grad_out.shape[-1])
+            # ∂h = s·g·up (tokens×2r); only its Q_B half (for ∇A) when x needs no gradient
+            grad_h = (g @ (u if ctx.needs_input_grad[0] else u[:, :r])).mul_(ctx.scale)
             if ctx.needs_input_grad[0]:
-                grad_x = (grad_h @ dn).to(x_dtype)
-            if ctx.needs_input_grad[1]:
-                grad_a = (grad_h[..., :r].reshape(-1, r).T @ xd.reshape(-1, xd.shape[-1])).to(a_dtype)
+                grad_x = (grad_h @ dn).view(*xd.shape[:-1], dn.shape[1]).to(x_dtype)
             if ctx.needs_input_grad[2]:
-                grad_b = (g.reshape(-1, g.shape[-1]).T @ h[..., r:].reshape(-1, r)).to(b_dtype)
-        return grad_x, grad_a, grad_b, None, None, None, None
+                grad_a = (grad_h[:, :r].T @ xd.reshape(-1, xd.shape[-1])).to(a_dtype)
+            if ctx.needs_input_grad[3]:
+                grad_b = (g.T @ h.reshape(-1, h.shape[-1])[:, r:]).mul_(ctx.scale).to(b_dtype)
+        grad_result = grad_out if ctx.needs_input_grad[1] else None
+        if grad_result is not None and grad_result.dtype != result_dtype:
+            grad_result = grad_result.to(result_dtype)
+        return grad_x, grad_result, grad_a, grad_b, None, None, None, None
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -244,9 +266,9 @@ class SDSLinearVariant(LoraVariant):
         st = cls.state(module, active_adapter)
         if not st.active:  # warm-up: plain LoRA
             return result + lora_b(lora_a(x)) * scale
-        st.sync_factors(lora_a.weight, lora_b.weight)
-        delta = _FusedLowRank.apply(x, lora_a.weight, lora_b.weight, st.down, st.up, scale, _compute_dtype(x))
-        return result + delta.to(result.dtype)
+        dtype = _compute_dtype(x)
+        st.sync_factors(lora_a.weight, lora_b.weight, dtype)
+        return _FusedLowRank.apply(x, result, lora_a.weight, lora_b.weight, st.down, st.up, scale, dtype)
 
     @classmethod
     @torch.no_grad()
@@ -319,8 +341,8 @@ class SDSCallback(TrainerCallback):
             return
         step = state.global_step
         total = state.max_steps if state.max_steps and state.max_steps > 0 else args.max_steps
-        layers = sds_layers(model)
         if step == self.warmup_steps:
+            layers = sds_layers(model)  # walked only on the steps that use it (most steps refresh nothing)
             for _, mod, ad in layers:
                 mod.lora_variant[ad].transition(mod, ad)
             if optimizer is not None:  # A and B were rewritten: their Adam moments no longer apply
@@ -329,7 +351,7 @@ class SDSCallback(TrainerCallback):
         elif step > self.warmup_steps and refresh_due(
             step - self.warmup_steps, total - self.warmup_steps, self.refresh, self.k, self.interval
         ):
-            for _, mod, ad in layers:
+            for _, mod, ad in sds_layers(model):
                 mod.lora_variant[ad].refresh(mod, ad)
 
 
