@@ -40,11 +40,14 @@ def test_method_dataset_pair_overrides_hyperparameters() -> None:
     assert compose("method=lora").trainer.learning_rate == pytest.approx(3e-3)
 
 
-def test_unknown_option_lists_the_valid_ones() -> None:
+@pytest.mark.parametrize(("group", "some_valid"), [("method", {"lora", "sds_lora"}), ("model", {"tiny_lm", "llama3_8b"}),
+                                                   ("dataset", {"arith_shift", "metamathqa"}),
+                                                   ("eval", {"arith_shift", "commonsense170k"})])
+def test_unknown_option_lists_the_valid_ones(group: str, some_valid: set[str]) -> None:
     with pytest.raises(MissingConfigException) as info:
-        compose("method=not_a_method")
-    assert "not_a_method" in str(info.value)
-    assert {"lora", "sds_lora"} <= set(info.value.options or [])
+        compose(f"{group}=not_a_{group}")
+    assert f"not_a_{group}" in str(info.value)
+    assert some_valid <= set(info.value.options or [])
 
 
 def test_paper_models_declare_hub_ids_and_targets() -> None:
