@@ -59,7 +59,8 @@ def failed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     original = trainer_module.build_trainer
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("loralab.runner.build_trainer",
-                      lambda *a, **k: original(*a, extra_callbacks=[_FailAfter(FAIL_AT)], **k))
+                      lambda *a, **k: original(*a, **{**k, "extra_callbacks": [*k.get("extra_callbacks", ()),
+                                                                              _FailAfter(FAIL_AT)]}))
         with pytest.raises(RuntimeError, match="injected failure"):
             run(compose(*SHORT, runs_dir=results))
     return results
