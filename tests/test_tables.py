@@ -63,3 +63,16 @@ def test_collect_runs_reads_only_finished_runs(tmp_path: Path) -> None:
         atomic_write_json(tmp_path / name / "metrics.json", metrics)
         atomic_write_json(tmp_path / name / "status.json", {"state": state})
     assert [r.path.name for r in collect_runs(tmp_path)] == ["done"]
+
+
+def test_diagnostics_are_tabulated_like_accuracy() -> None:
+    spec = {**SPEC, "columns": [{"header": "Alignment", "source": "diagnostics", "field": "align.mean"},
+                                {"header": "erank ∇A", "source": "diagnostics", "field": "erank_grad_A.last"}]}
+    runs = []
+    for method, align, erank in (("lora", 0.30, 5.5), ("sds_lora", 0.52, 7.4)):
+        run = _run(method, 0.0)
+        run.metrics = {"diagnostics": {"align": {"mean": align}, "erank_grad_A": {"last": erank}}}
+        runs.append(run)
+    table = build_table(spec, runs)
+    assert _row(table, "sds_lora")[3] == "0.52" and _row(table, "sds_lora")[6] == "7.40"
+    assert _row(table, "lora")[3] == "0.30"

@@ -27,7 +27,8 @@ Optional keys (all backwards compatible; a spec without them behaves as before):
       - {header: "Time overhead (%)", source: steps, field: train_runtime, relative_to: {method: lora}}
 
 ``source`` is ``eval`` (default: ``metrics.json`` eval scores of ``task``/``tasks``), a top-level section of
-``metrics.json`` (``cost``, ``train``; ``field`` is a dotted path inside it) or ``steps`` (the last value of
+``metrics.json`` (``cost``, ``train``, ``diagnostics``; ``field`` is a dotted path inside it, e.g.
+``align.mean`` for the mean gradient alignment of a run with ``diagnostics.enabled=true``) or ``steps`` (the last value of
 ``field`` in ``steps.jsonl``, e.g. the Trainer's ``train_runtime``). ``relative_to`` turns a column into the
 percent change against the row with those row keys replaced (e.g. the LoRA row of the same model/data set).
 
@@ -50,7 +51,7 @@ from loralab.errors import ConfigError
 from loralab.io import read_json
 from loralab.tables.reference import NOT_APPLICABLE, ReferenceTable, load_reference
 
-SOURCES: tuple[str, ...] = ("eval", "cost", "train", "steps")
+SOURCES: tuple[str, ...] = ("eval", "cost", "train", "diagnostics", "steps")
 
 
 @dataclass(frozen=True)
