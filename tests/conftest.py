@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -29,3 +30,15 @@ def compose(*overrides: str, runs_dir: Path | None = None):
 @pytest.fixture
 def results_dir(tmp_path: Path) -> Path:
     return tmp_path / "results"
+
+
+@pytest.fixture(scope="module")
+def one_compute_thread() -> Iterator[None]:
+    """One torch compute thread for in-process runs: on a small shared machine, idle OpenMP threads spinning
+    against busy cores make tiny runs several times slower. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

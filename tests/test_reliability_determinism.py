@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -24,14 +24,7 @@ SHORT = ["trainer.max_steps=3", "trainer.save_steps=100", "trainer.logging_steps
          "trainer.per_device_train_batch_size=2", "method.target_modules=[q_proj,v_proj]", "eval.tasks.0.data.n=4"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_compute_thread() -> Iterator[None]:
-    """Runs here use one compute thread: on a small machine shared with other work, idle OpenMP threads
-    spinning against busy cores make these tiny runs several times slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_compute_thread")
 
 
 class _InitialAdapter(TrainerCallback):

@@ -6,7 +6,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -26,14 +26,7 @@ SHORT = ["trainer.max_steps=6", "trainer.save_steps=2", "trainer.logging_steps=1
 FAIL_AT = 5  # after step 5: checkpoints 2 and 4 are on disk
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_compute_thread() -> Iterator[None]:
-    """Runs here use one compute thread: on a small machine shared with other work, idle OpenMP threads
-    spinning against busy cores make these tiny runs several times slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_compute_thread")
 
 
 class _FailAfter(TrainerCallback):
