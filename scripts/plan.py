@@ -20,7 +20,8 @@ from hydra.errors import HydraException
 
 from loralab.errors import LoralabError
 from loralab.io import atomic_write_text
-from loralab.tables.plan import CONF_DIR, calibrate, plan, render_calibration, render_plan, sweeps_of, tables_of
+from loralab.tables.grid import CONF_DIR, sweeps_of, tables_of
+from loralab.tables.plan import calibrate, plan, render_calibration, render_plan
 
 
 def main(argv: list[str] | None = None) -> int:

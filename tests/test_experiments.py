@@ -13,9 +13,10 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose
 from loralab.tables.build import Column, RunResult, build_from_spec, build_table
-from loralab.tables.plan import (ARCHITECTURES, CALIBRATION_HOURS, CALIBRATION_OVERRIDES, GIB, calibrate,
-                                 estimate_cell, expand_sweep, plan, render_plan, sweeps_of, tables_of,
-                                 trainable_params)
+from loralab.tables.architectures import ARCHITECTURES
+from loralab.tables.grid import expand_sweep, sweeps_of, tables_of
+from loralab.tables.plan import (CALIBRATION_HOURS, CALIBRATION_OVERRIDES, GIB, calibrate, estimate_cell, plan,
+                                 render_plan, trainable_params)
 from loralab.tables.reference import load_reference
 
 EXPERIMENTS = ROOT / "conf" / "experiment"
