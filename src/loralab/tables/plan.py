@@ -9,8 +9,8 @@ key exactly as ``python run.py -m`` would, and every job is then composed with t
 estimate sees the cell's actual model, method, rank, data set, trainer and evaluation settings.
 
 **Parameters** come from the architecture of each hub model (the numbers of its ``config.json``, kept in
-:data:`loralab.tables.architectures.ARCHITECTURES`; e.g. LLaMA3-8B has 8,030,261,248 parameters), trainable parameters from the method's
-target modules and rank (``r·(d_in + d_out)`` per adapted matrix).
+:data:`loralab.tables.architectures.ARCHITECTURES`; e.g. LLaMA3-8B has 8,030,261,248 parameters), trainable
+parameters from the method's target modules and rank (``r·(d_in + d_out)`` per adapted matrix).
 
 **Memory** (one GPU, nothing sharded)::
 
