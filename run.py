@@ -12,6 +12,9 @@ Exit status and failure records:
   run directory exists (an invalid rank, say). At the end the failed cells are summarised and the process
   exits 1 if any cell failed, so scripts and CI notice. Re-running the same sweep skips the finished cells
   (their run directories say ``finished``) and retries only the failed or unfinished ones.
+* SIGTERM (preemption, a time limit) during training writes a checkpoint after the current step; the run
+  directory says ``interrupted``, a sweep stops (as on Ctrl-C), and the process exits 143. Running the same
+  command again resumes from that checkpoint (:mod:`loralab.training.termination`).
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from loralab.errors import LoralabError
 from loralab.io import atomic_write_json, read_json
 from loralab.rundir import RunDir
 from loralab.runner import run
+from loralab.training.termination import EXIT_STATUS as TERMINATED_EXIT_STATUS
+from loralab.training.termination import Terminated
 
 log = logging.getLogger("loralab")
 
@@ -119,6 +124,12 @@ def report_sweep(sweep_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Terminated as err:  # SIGTERM: the run (or sweep cell) recorded itself as interrupted
+        log.error("%s", err)
+        if _sweep_dir is not None:
+            report_sweep(_sweep_dir)
+        sys.exit(TERMINATED_EXIT_STATUS)
     if _sweep_dir is not None:
         sys.exit(report_sweep(_sweep_dir))

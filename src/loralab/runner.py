@@ -29,6 +29,7 @@ from loralab.rundir import RunDir, config_hash
 from loralab.training.checkpoints import resumable_checkpoint
 from loralab.training.callbacks import StepLogCallback
 from loralab.training.diagnostics import diagnostics_callback, summarise
+from loralab.training.termination import StopOnTermination, Terminated, TerminationFlag, graceful_termination
 from loralab.training.trainer import build_trainer, loss_summary, train_or_restore, training_arguments
 
 log = logging.getLogger("loralab")
@@ -86,8 +87,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mark("running", attempt=attempt, pid=os.getpid(), host=socket.gethostname())
     progress: dict[str, Any] = {}  # filled as training goes, so a failure can say where it happened
     try:
-        metrics = _train_evaluate_record(cfg, run_dir, method, model, tokenizer, examples, collator, eval_records,
-                                         started, trainable, total_params, attempt, progress)
+        with graceful_termination() as termination:  # SIGTERM: checkpoint after the current step, then stop
+            metrics = _train_evaluate_record(cfg, run_dir, method, model, tokenizer, examples, collator,
+                                             eval_records, started, trainable, total_params, attempt, progress,
+                                             termination)
     except BaseException as err:
         # Whatever stops a run after its directory exists is recorded there, so no run is left "running";
         # the exception still propagates (the CLI turns LoralabErrors into one line and a non-zero exit).
@@ -107,7 +110,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, model: torch.nn.Module,
                            tokenizer: Any, examples: Any, collator: Any, eval_records: Any, started: float,
                            trainable: int, total_params: int, attempt: int,
-                           progress: dict[str, Any]) -> dict[str, Any]:
+                           progress: dict[str, Any], termination: TerminationFlag) -> dict[str, Any]:
     progress["stage"] = "resume"
     resume_from, skipped = resumable_checkpoint(run_dir.checkpoints)
     progress["resumed_from"] = resume_from
@@ -120,10 +123,13 @@ def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, mod
     args = training_arguments(cfg.trainer, run_dir.checkpoints, cfg.seed, report_to, cfg.progress)
     step_log = StepLogCallback(run_dir.path / "steps.jsonl")
     diagnostics = diagnostics_callback(cfg.get("diagnostics") or {}, step_log, report_to)
-    trainer = build_trainer(model, method, args, examples, collator, step_log,
-                            extra_callbacks=[diagnostics] if diagnostics else ())
+    extra_callbacks = [StopOnTermination(termination), *([diagnostics] if diagnostics else [])]
+    trainer = build_trainer(model, method, args, examples, collator, step_log, extra_callbacks=extra_callbacks)
     progress.update(stage="train", trainer=trainer)
     train_output = train_or_restore(trainer, resume_from)
+    if termination.requested:  # the Trainer saved a checkpoint at this step and stopped early
+        raise Terminated(f"received SIGTERM; stopped after step {trainer.state.global_step} and saved a "
+                         "checkpoint there: run the same command again to resume")
 
     # 3. save the trained weights (swapped in whole, never half-written), then evaluate
     progress["stage"] = "save"
