@@ -2,10 +2,13 @@
 
 A recipe (a frozen dataclass) names everything that determines the weights; its hash names the directory.
 The model is written into a staging directory and renamed into place, so a reader (or a concurrent sweep
-cell) never sees a half-written model.
+cell) never sees a half-written model. Builders of the same recipe take turns on a lock file, so processes
+started together (sweep cells, parallel test workers) build it once and the others wait and reuse it.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -14,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,25 @@ def build_once(name: str, recipe: Any, version: int, write: Callable[[Path], Non
     if (target / "config.json").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / f".{target.name}.lock"):
+        if (target / "config.json").exists():  # built by the process that held the lock before us
+            return target
+        _build(name, recipe, target, write, root)
+    return target
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """An advisory lock held for the block; released by the OS if the holder dies (no stale locks)."""
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(name: str, recipe: Any, target: Path, write: Callable[[Path], None], root: Path) -> None:
     log.info("pretraining the embedded %s once into %s", name, target)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
@@ -48,4 +70,3 @@ def build_once(name: str, recipe: Any, version: int, write: Callable[[Path], Non
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
