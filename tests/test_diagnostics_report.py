@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
+from test_claim_sds_curves import synthetic_result
 
 from loralab.diagnostics.claims import check_rank_tools
 from loralab.diagnostics.report import Claim, format_value, render_report, write_report
@@ -40,15 +42,19 @@ def test_rank_tools_claim_on_synthetic_updates() -> None:
     assert claim.numbers["mean κ_t (LoRA gradient, Fig. 1 testbed)"] == 0.6
 
 
-def test_make_figures_quick(tmp_path: Path) -> None:
+def test_make_figures_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     script = Path(__file__).resolve().parents[1] / "scripts" / "make_figures.py"
     spec = importlib.util.spec_from_file_location("make_figures", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    # Claims g train real models (~20 s at --quick size); that run and its claims are tested in
+    # test_claim_sds_curves.py. Here synthetic curves exercise the script's plotting and report for them.
+    monkeypatch.setattr(module, "embedded_curves", lambda **size: synthetic_result())
     assert module.main(["--quick", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "claims pass" in report and "FAIL" not in report
+    assert "## g2. SDS-LoRA Fig. 3 (loss), embedded task" in report
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert len(pngs) == 8, pngs
+    assert len(pngs) == 10, pngs
     for name in pngs:
         assert f"]({name})" in report
