@@ -37,34 +37,36 @@ def _rows(name: str) -> int:
 
 # suite id → (overrides, {task: (evaluated rows, sample fields)}, extra score keys per task)
 GLUE_EXTRAS = {"cola": {"accuracy"}, "stsb": {"spearman"}, "mrpc": {"f1"}, "qqp": {"f1"}}
-GENERATE = {"prompt", "generation", "extracted", "gold", "correct"}
-CODE = {"prompt", "generation", "extracted", "verdict", "reason", "correct"}
+# the generative suites run on lm-eval by default (engine: lm_eval): samples and scores say so
+GENERATE = {"prompt", "generation", "extracted", "gold", "correct", "engine", "truncated"}
+CODE = {"prompt", "generation", "extracted", "verdict", "reason", "correct", "engine", "truncated"}
+HARNESS = {"engine", "lm_eval_version", "truncated_prompts", "harness_max_length"}
 SUITES = {
     "metamathqa": (
         ["dataset=metamathqa", f"dataset.train.path={DATA / 'metamathqa.jsonl'}",
          f"eval.tasks.0.data.path={DATA / 'gsm8k.jsonl'}", f"eval.tasks.1.data.path={DATA / 'math.jsonl'}",
          "eval.tasks.0.max_new_tokens=6", "eval.tasks.1.max_new_tokens=6"],
         {"gsm8k": (_rows("gsm8k"), GENERATE), "math": (_rows("math"), GENERATE | {"comparison"})},
-        {"math": {"string_fallback"}},
+        {"gsm8k": HARNESS, "math": {"string_fallback", *HARNESS}},
     ),
     "code_feedback": (
         ["dataset=code_feedback", f"dataset.train.path={DATA / 'code_feedback.jsonl'}",
          "eval.allow_code_execution=true", "eval.tasks.0.limit=2", f"eval.tasks.1.data.path={DATA / 'mbpp.jsonl'}",
          "eval.tasks.0.max_new_tokens=6", "eval.tasks.1.max_new_tokens=6"],
         {"humaneval": (2, CODE | {"task_id"}), "mbpp": (_rows("mbpp"), CODE)},
-        {t: {"allow_code_execution", "isolation"} for t in ("humaneval", "mbpp")},
+        {t: {"allow_code_execution", "isolation", *HARNESS} for t in ("humaneval", "mbpp")},
     ),
     "commonsense170k": (
         ["dataset=commonsense170k", f"dataset.train.path={DATA / 'commonsense170k.jsonl'}", "dataset.max_length=512",
          *COMMONSENSE_DATA, "eval.max_new_tokens=3", "eval.num_beams=2"],
         {t: (_rows(t), GENERATE) for t in COMMONSENSE},
-        {},
+        {t: HARNESS for t in COMMONSENSE},
     ),
     "commonsense8_loglik": (
         ["dataset=commonsense170k", "eval=commonsense8_loglik", f"dataset.train.path={DATA / 'commonsense170k.jsonl'}",
          "dataset.max_length=512", *COMMONSENSE_DATA],
         {t: (_rows(t), {"prompt", "loglikelihoods", "predicted", "gold", "correct"}) for t in COMMONSENSE},
-        {t: {"acc", "acc_norm", "engine"} for t in COMMONSENSE},
+        {t: {"acc", "acc_norm", "engine", "lm_eval_version"} for t in COMMONSENSE},
     ),
     **{f"glue_{t}": (
         ["model=tiny_deberta", f"dataset=glue_{t}", f"dataset.train.path={DATA / f'glue_{t}.jsonl'}",

@@ -3,17 +3,21 @@
 A suite is a versioned protocol (``protocol:``) and a list of tasks; a task names its data loader
 (``data._target_``), its type and the fields that type reads:
 
-``generate``           native batched generation; ``answer_pattern``/``occurrence``/``fallback``/``normalizer``
+``generate``           generation; ``answer_pattern``/``occurrence``/``fallback``/``normalizer``
                        extract the answer; ``compare: exact`` (string equality after normalising) or
                        ``compare: math_verify`` (MATH: mathematical equivalence, string fallback recorded)
-``code``               native generation, then the program runs in the sandbox (``benchmark: humaneval|mbpp``);
+``code``               generation, then the program runs in the sandbox (``benchmark: humaneval|mbpp``);
                        needs the suite's opt-in ``allow_code_execution: true``
 ``lm_eval``            lm-evaluation-harness scores the in-memory model (log-likelihood multiple choice)
 ``classify``           image classification, top-1
 ``sequence_classify``  sentence (pair) classification or regression (GLUE)
 
-Per-sample records (prompt, generation, extracted answer, verdict, ...) go to ``samples/<task>.jsonl`` in the
-run directory; each task's score comes with its standard error (:mod:`loralab.evaluation.metrics`).
+The suite's ``engine`` generates for ``generate``/``code`` tasks: ``native`` (:mod:`loralab.evaluation.generation`)
+or ``lm_eval`` (the harness' ``generate_until``, :mod:`loralab.evaluation.lm_eval_generate`); the same code then
+scores both, and the protocol names the engine (``<name>/vN+${.engine}``) so tables never pool the two.
+
+Per-sample records (prompt, generation, extracted answer, verdict, engine, ...) go to ``samples/<task>.jsonl``
+in the run directory; each task's score comes with its standard error (:mod:`loralab.evaluation.metrics`).
 """
 from __future__ import annotations
 
@@ -43,11 +47,13 @@ from loralab.evaluation.math_equiv import math_equal
 from loralab.evaluation.metrics import CORPUS_METRICS, METRICS, aggregate, mean_and_stderr, score
 from loralab.io import atomic_write_jsonl
 
-__all__ = ["TASK_TYPES", "check_suite", "evaluate_suite", "load_suite_records", "mean_and_stderr",
-           "score_answers", "score_code"]
+__all__ = ["ENGINES", "TASK_TYPES", "check_suite", "check_suite_fits_model", "evaluate_suite", "load_suite_records",
+           "mean_and_stderr", "run_harness_generation", "score_answers", "score_code", "suite_engine"]
 
 COMPARES = ("exact", "math_verify")
 BENCHMARKS = ("humaneval", "mbpp")
+ENGINES = ("lm_eval", "native")       # who generates for generate/code tasks
+GENERATIVE_TYPES = ("generate", "code")
 Records = Sequence[dict[str, Any]]
 TaskOutput = tuple[list[dict[str, Any]], dict[str, Any]]  # per-sample records, extras for metrics.json
 
@@ -100,10 +106,16 @@ def score_answers(task: DictConfig, records: Records, prompts: Sequence[str],
     return samples, extras
 
 
+def _with_engine(output: TaskOutput, engine: str) -> TaskOutput:
+    samples, extras = output
+    return [{**s, "engine": engine} for s in samples], {**extras, "engine": engine}
+
+
 def _generate_task(model: nn.Module, tokenizer: Any, task: DictConfig, suite: DictConfig, records: Records,
                    out_dir: Path, progress: bool) -> TaskOutput:
     prompts = [build_prompt(task, r) for r in records]
-    return score_answers(task, records, prompts, _generations(model, tokenizer, task, prompts, progress))
+    return _with_engine(score_answers(task, records, prompts, _generations(model, tokenizer, task, prompts, progress)),
+                        "native")
 
 
 # ------------------------------------------------------------------------------------------------- code
@@ -151,7 +163,34 @@ def _code_task(model: nn.Module, tokenizer: Any, task: DictConfig, suite: DictCo
     _require_code_opt_in(suite)  # checked before training too; repeated so no path runs code without it
     prompts = [build_prompt(task, r) for r in records]
     generations = _generations(model, tokenizer, task, prompts, progress)
-    return score_code(task, records, prompts, generations, allow_code_execution=True)
+    return _with_engine(score_code(task, records, prompts, generations, allow_code_execution=True), "native")
+
+
+# ------------------------------------------------------------------------------- lm-eval as generator
+def run_harness_generation(model: nn.Module, tokenizer: Any, tasks: Sequence[DictConfig], suite: DictConfig,
+                           records: dict[str, Records], out_dir: Path) -> dict[str, TaskOutput]:
+    """``generate``/``code`` tasks of an ``engine: lm_eval`` suite: lm-eval generates (one call for all of
+    them), then the native engine's scorers give the verdicts."""
+    from loralab.evaluation.lm_eval_generate import GenerationJob, generate_tasks
+
+    if any(t.type == "code" for t in tasks):
+        _require_code_opt_in(suite)  # as for native generation: no path runs code without the opt-in
+    prompts = {t.name: [build_prompt(t, r) for r in records[t.name]] for t in tasks}
+    jobs = [GenerationJob(
+        name=t.name, prompts=prompts[t.name], max_new_tokens=int(t.max_new_tokens),
+        targets=[str(gold_answer(t, r) or "") if t.type == "generate" else "" for r in records[t.name]],
+        stop=[str(x) for x in t.get("stop") or []], num_beams=int(t.get("num_beams") or 1)) for t in tasks]
+    # batch size changes speed, not generations (left padding); the smallest fits every task's memory budget
+    batch_size = min(int(t.batch_size) for t in tasks)
+    generated = generate_tasks(model, tokenizer, jobs, Path(out_dir) / "lm_eval", batch_size)
+    outputs = {}
+    for t in tasks:
+        result, rows, task_prompts = generated[t.name], records[t.name], prompts[t.name]
+        samples, extras = (score_code(t, rows, task_prompts, result.generations, allow_code_execution=True)
+                           if t.type == "code" else score_answers(t, rows, task_prompts, result.generations))
+        samples = [{**s, "engine": "lm_eval", "truncated": cut} for s, cut in zip(samples, result.truncated)]
+        outputs[t.name] = samples, {**extras, **result.extras}
+    return outputs
 
 
 # ------------------------------------------------------------------------------------------- lm-eval
@@ -243,6 +282,41 @@ TYPE_METRICS = {
 
 
 # ------------------------------------------------------------------------------------------- checks
+def suite_engine(suite: DictConfig) -> str:
+    """Who generates for the suite's ``generate``/``code`` tasks (``native`` where the suite says nothing)."""
+    return str(suite.get("engine") or "native")
+
+
+def _check_engine(suite: DictConfig) -> None:
+    engine = suite_engine(suite)
+    if engine not in ENGINES:
+        raise ConfigError(f"eval suite {suite.get('name')!r}: engine={engine!r}; valid: {sorted(ENGINES)} "
+                          f"(e.g. eval.engine=lm_eval)")
+    for task in [t for t in suite.tasks if t.get("engine") is not None]:
+        raise ConfigError(f"eval task {task.name}: engine is a suite setting (the suite's protocol names it); "
+                          f"set eval.engine={task.engine} instead of a per-task engine")
+    generative = [t.name for t in suite.tasks if t.type in GENERATIVE_TYPES]
+    if generative and not str(suite.protocol).endswith(f"+{engine}"):
+        raise ConfigError(f"eval suite {suite.get('name')}: protocol={suite.protocol!r} does not name the engine "
+                          f"{engine!r} that generates for {generative}; end it with '+${{.engine}}' (e.g. "
+                          f"protocol: my-suite/v1+${{.engine}}) so runs of different engines are never pooled")
+
+
+def check_suite_fits_model(suite: DictConfig, model: nn.Module, tokenizer: Any) -> None:
+    """Checks that need the model, run before training so a misfit fails in seconds, not after the run: under
+    the harness, each generative task's ``max_new_tokens`` must leave room for a prompt in the model's positions."""
+    if suite_engine(suite) != "lm_eval":
+        return
+    from loralab.evaluation.lm_eval_generate import context_window
+
+    window = context_window(model, tokenizer)
+    for task in [t for t in suite.tasks if t.type in GENERATIVE_TYPES]:
+        if window is not None and int(task.max_new_tokens) >= window:
+            raise ConfigError(f"eval task {task.name}: max_new_tokens={task.max_new_tokens} leaves no room for a "
+                              f"prompt in the model's {window} positions (engine lm_eval); lower "
+                              f"eval.tasks.<i>.max_new_tokens below {window}")
+
+
 def _require_code_opt_in(suite: DictConfig) -> None:
     from loralab.evaluation.code_exec import require_opt_in
 
@@ -263,6 +337,7 @@ def check_suite(suite: DictConfig) -> None:
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise ConfigError(f"eval suite {suite.name}: task names {duplicated} appear more than once")
+    _check_engine(suite)
     for task in suite.tasks:
         if task.type not in TASK_TYPES:
             raise ConfigError(f"eval task {task.name}: type={task.type!r}; valid types: {sorted(TASK_TYPES)}")
@@ -325,9 +400,12 @@ def evaluate_suite(
     records = records if records is not None else load_suite_records(suite)
     harness_tasks = [t for t in suite.tasks if t.type == "lm_eval"]
     harness = run_lm_eval_tasks(model, tokenizer, harness_tasks, records, Path(out_dir)) if harness_tasks else {}
+    generative = [t for t in suite.tasks if t.type in GENERATIVE_TYPES]
+    if generative and suite_engine(suite) == "lm_eval":
+        harness.update(run_harness_generation(model, tokenizer, generative, suite, records, Path(out_dir)))
     results: dict[str, dict[str, Any]] = {}
     for task in suite.tasks:
-        if task.type == "lm_eval":
+        if task.name in harness:
             samples, extras = harness[task.name]
         else:
             samples, extras = TASK_TYPES[task.type](model, tokenizer, task, suite, records[task.name], Path(out_dir),

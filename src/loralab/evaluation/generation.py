@@ -10,11 +10,16 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, add_bos: bool = True) -> list[int]:
+    """The ids the model sees for a prompt: BOS (where the tokenizer has one), then the prompt's own tokens."""
+    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    return bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
 def left_padded_batch(
     prompts: list[str], tokenizer: PreTrainedTokenizerBase, add_bos: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
-    encoded = [bos + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = [encode_prompt(tokenizer, p, add_bos) for p in prompts]
     width = max(len(ids) for ids in encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)

@@ -1,4 +1,5 @@
-"""lm-evaluation-harness as an evaluation engine for tasks of ``type: lm_eval``.
+"""lm-evaluation-harness as an evaluation engine for tasks of ``type: lm_eval`` (log-likelihood scoring; the
+harness as the generation engine of ``generate``/``code`` tasks is :mod:`loralab.evaluation.lm_eval_generate`).
 
 The harness scores the in-memory model (wrapped in ``HFLM``, no reload from disk) on a task YAML that loralab
 writes from the suite's configuration: ``dataset_path: json`` over a local file holding the rows that the
@@ -27,10 +28,11 @@ OUTPUT_TYPES = ("multiple_choice",)
 HARNESS_METRICS = ("acc", "acc_norm")
 
 
-def _harness_version() -> str:
+def harness_version() -> str:
+    """The installed lm-evaluation-harness version (recorded per task in metrics.json)."""
     from importlib.metadata import version
 
-    return f"lm_eval {version('lm_eval')}"
+    return version("lm_eval")
 
 
 def write_task(work_dir: Path, task_id: str, records: Sequence[dict[str, Any]], settings: dict[str, Any]) -> Path:
@@ -113,7 +115,7 @@ def _collect(logged: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[li
             "acc": float(s.get("acc", math.nan)), "acc_norm": float(s.get("acc_norm", math.nan)),
             "correct": bool(s[select]),
         })
-    extras: dict[str, Any] = {"engine": _harness_version(), "selected": select}
+    extras: dict[str, Any] = {"engine": "lm_eval", "lm_eval_version": harness_version(), "selected": select}
     for metric in settings.get("metrics", HARNESS_METRICS):
         values = [s[metric] for s in samples]
         n = len(values)
