@@ -30,6 +30,8 @@ CASES = [
     (["method=sds_lora", "+method.use_dora=true"], ConfigError, ["dora"]),
     (["eval.tasks.0.type=ranking"], ConfigError, ["ranking", "generate", "classify"]),
     (["eval.tasks.0.normalizer=fuzzy"], ConfigError, ["fuzzy", "number"]),
+    # needs the model (128 positions): caught after loading it, still before anything is trained or written
+    (["eval.engine=lm_eval", "eval.tasks.0.max_new_tokens=200"], ConfigError, ["max_new_tokens=200", "128 positions"]),
 ]
 
 

@@ -20,7 +20,7 @@ from transformers import set_seed
 
 from loralab.data.build import training_examples
 from loralab.errors import ConfigError
-from loralab.evaluation.evaluator import check_suite, evaluate_suite, load_suite_records
+from loralab.evaluation.evaluator import check_suite, check_suite_fits_model, evaluate_suite, load_suite_records
 from loralab.io import atomic_write_dir, atomic_write_json, atomic_write_text, read_json
 from loralab.methods.base import Method, count_trainable
 from loralab.models.loading import load_model
@@ -65,6 +65,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     method.validate(model, targets)
     examples, collator = training_examples(cfg.dataset, tokenizer)
     eval_records = load_suite_records(cfg.eval)
+    check_suite_fits_model(cfg.eval, model, tokenizer)
     total_params = sum(p.numel() for p in model.parameters())
 
     def calibration():  # a few training batches for data-driven initialisations (LoRA-GA, CorDA)
