@@ -6,7 +6,8 @@
     python scripts/bench_overhead.py --methods all           # every conf/method/*.yaml
 
 Writes results/bench/overhead-<device>.json and .md (atomically). What each number means is in the docstrings
-of loralab.benchmarking.overhead (timing protocol), .flops (the FLOP model) and .memory (memory measures).
+of loralab.benchmarking.overhead (what is measured), .timing (timing protocol), .flops (the FLOP model) and
+.memory (memory measures).
 Timings on a shared machine are noisy: methods are interleaved step by step and medians are reported.
 """
 from __future__ import annotations
@@ -18,7 +19,10 @@ from pathlib import Path
 
 import torch
 
-from loralab.benchmarking.overhead import cpu_default, cuda_default, method_names, run_benchmark, tiny, write_report
+from loralab.benchmarking.config import cpu_default, cuda_default, tiny
+from loralab.benchmarking.overhead import run_benchmark
+from loralab.benchmarking.report import write_report
+from loralab.benchmarking.trainees import method_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE_FIELDS = ("hidden", "intermediate", "heads", "kv_heads", "layers", "vocab", "seq", "batch")
@@ -51,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flop-count", action=argparse.BooleanOptionalAction, default=True,
                         help="count the matrix FLOPs each method issues (FlopCounterMode, one extra step each)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU (preset cpu: 1)")
+    parser.add_argument("--refresh-kernel-rounds", type=int, default=None,
+                        help="rounds of the SDS refresh-kernel comparison (0 skips it)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "results" / "bench")
     args = parser.parse_args(argv)
 
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = replace(cfg.shape, **{k: getattr(args, k) for k in SHAPE_FIELDS if getattr(args, k) is not None})
     cfg = replace(cfg, shape=shape)
     for key in ("dtype", "rank", "alpha", "methods", "steps", "warmup", "sds_warmup_steps", "tax_methods",
-                "tax_steps", "rss", "threads"):
+                "tax_steps", "rss", "threads", "refresh_kernel_rounds"):
         if getattr(args, key) is not None:
             cfg = replace(cfg, **{key: getattr(args, key)})
     try:

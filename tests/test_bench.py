@@ -11,14 +11,9 @@ import torch
 
 from loralab.benchmarking import memory as mem
 from loralab.benchmarking.flops import LlamaShape, adapter_flops, base_linear_flops, step_flops
-from loralab.benchmarking.overhead import (
-    build_base_model,
-    implemented_flops,
-    make_batch,
-    prepare,
-    tiny,
-    trainer_arguments,
-)
+from loralab.benchmarking.config import cuda_default, tiny
+from loralab.benchmarking.timing import implemented_flops
+from loralab.benchmarking.trainees import build_base_model, make_batch, prepare, trainer_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,9 +130,14 @@ def test_tiny_benchmark_through_the_script(tmp_path: Path) -> None:
     assert lora["time_ratio_to_lora"] == 1.0 and lora["memory_accounted_ratio_to_lora"] == 1.0
     assert sds["flop_model_ratio_to_lora"] > 1.0
     assert sds["trainable_params"] == lora["trainable_params"]
-    # SDS buffers (Q_A, Q_B and the fused factors) and the wider saved activation make SDS use more memory
+    # SDS's extra memory is its bases (buffers) and the one shared fused-factor scratch; backward saves what
+    # LoRA's does (x and a tokens×r intermediate), and the formula matches the measured difference
     assert sds["memory_accounted"]["buffers"] > lora["memory_accounted"]["buffers"]
-    assert sds["memory_accounted"]["saved_activations"] > lora["memory_accounted"]["saved_activations"]
+    assert sds["memory_accounted"]["workspace"] > 0 == lora["memory_accounted"]["workspace"]
+    assert sds["memory_accounted"]["saved_activations"] == lora["memory_accounted"]["saved_activations"]
+    model = report["sds_memory_model"]["this_run"]
+    flags = tiny().shape.layers * len(tiny().targets)  # plus the 1-byte sds_on flag of every adapted layer
+    assert model["measured_accounted_difference"] == model["total"] + flags
     assert report["sds"]["refresh_rate_per_step"] == pytest.approx(0.457)  # phased, k = 5, 1000 SDS steps
     assert report["sds"]["refresh_s"]["n"] == 2 and report["sds"]["transition_s"] > 0
     tax = report["framework_tax"]["lora"]
@@ -210,3 +210,54 @@ def test_sds_fused_factors_follow_the_compute_dtype() -> None:
     y32 = layer(x)
     assert st.up.dtype == torch.float32 and torch.equal(st.up[:, :3], st.q_b) and torch.equal(st.down[3:], st.q_a.T)
     torch.testing.assert_close(y32, exact, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- the CUDA recipe on CPU
+def test_cuda_recipe_on_cpu_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA preset's path (bf16 weights + bf16 autocast, SDS's fused path in bf16, the allocator-peak memory
+    columns, ratios and target, the Markdown's CUDA column) on tiny shapes on CPU. Only the CUDA allocator's
+    statistics are stood in for: the stand-in runs the step and reports a fixed increment."""
+    from dataclasses import replace
+
+    from loralab.benchmarking import memory
+    from loralab.benchmarking.overhead import run_benchmark
+    from loralab.benchmarking.report import markdown
+
+    calls = []
+
+    def fake_peak(step, device: torch.device) -> int:  # noqa: ANN001
+        calls.append(device.type)
+        step()
+        return 1000
+
+    monkeypatch.setattr(memory, "step_peak_increment", fake_peak)
+    cfg = replace(cuda_default(), shape=tiny().shape, device="cpu", rank=4, methods=("lora", "sds_lora"), steps=2,
+                  warmup=1, tax_steps=2, threads=1, refresh_kernel_rounds=1)
+    assert cfg.dtype == "bfloat16" and cfg.autocast
+    report = run_benchmark(cfg, log=lambda msg: None)
+    assert calls == ["cpu", "cpu"]
+    for entry in report["methods"].values():
+        peak = entry["memory_cuda_peak"]
+        assert peak["step_increment_bytes"] == 1000 and peak["total"] == peak["resident_bytes"] + 1000
+        assert entry["memory_cuda_peak_ratio_to_lora"] > 0
+    assert "SDS/LoRA memory (cuda_peak)" in {t["name"] for t in report["targets"]}
+    assert "CUDA peak MiB" in markdown(report)
+    # under autocast SDS saves no bf16 copies of A and B, LoRA does: the formula still matches the measurement
+    lora, sds = report["methods"]["lora"], report["methods"]["sds_lora"]
+    assert sds["memory_accounted"]["saved_activations"] < lora["memory_accounted"]["saved_activations"]
+    model = report["sds_memory_model"]["this_run"]
+    assert model["lora_autocast_copies"] < 0
+    assert model["measured_accounted_difference"] == model["total"] + cfg.shape.layers * len(cfg.targets)
+
+
+def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: this is the CPU-only machine's behaviour")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_overhead
+    finally:
+        sys.path.pop(0)
+    assert bench_overhead.main(["--device", "cuda", "--out-dir", str(tmp_path)]) == 2
+    assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -1,7 +1,13 @@
 """Performance measurements: per-method training-step time and memory against a FLOP model, SDS-LoRA's refresh
-cost and the framework's tax over a bare training loop (``scripts/bench_overhead.py``, ``make bench``)."""
+cost and the framework's tax over a bare training loop (``scripts/bench_overhead.py``, ``make bench``).
+
+Modules: ``config`` (what runs), ``trainees`` (the methods and their bare step), ``timing`` (interleaved
+rounds), ``refresh`` (SDS refresh kernels), ``memory``/``rss`` (memory measures), ``tax`` (Trainer vs bare
+loop), ``flops`` (the FLOP model), ``report`` (ratios, targets, files) and ``overhead`` (``run_benchmark``)."""
+from loralab.benchmarking.config import BenchConfig, cpu_default, cuda_default, tiny
 from loralab.benchmarking.flops import LlamaShape, StepFlops, adapter_flops, base_linear_flops, step_flops
-from loralab.benchmarking.overhead import BenchConfig, cpu_default, cuda_default, run_benchmark, tiny, write_report
+from loralab.benchmarking.overhead import run_benchmark
+from loralab.benchmarking.report import write_report
 
 __all__ = [
     "BenchConfig", "LlamaShape", "StepFlops", "adapter_flops", "base_linear_flops", "cpu_default", "cuda_default",

@@ -164,6 +164,12 @@ class StepFlops:
         return {**asdict(self), "total": self.total}
 
 
+def adapted_layers(shape: LlamaShape, targets: tuple[str, ...] | list[str]) -> list[tuple[int, int, bool]]:
+    """(m, n, input needs a gradient) of every adapted layer of a PEFT-style method, as ``step_flops`` counts them."""
+    return [(m, n, not (layer == 0 and name in ("q_proj", "k_proj", "v_proj")))
+            for layer in range(shape.layers) for name, m, n in shape.projections() if name in targets]
+
+
 def step_flops(shape: LlamaShape, method: str, rank: int, targets: tuple[str, ...] | list[str] | None = None) -> StepFlops:
     """FLOP-model lower bound of one training step (forward + backward + optimiser products) of ``method``."""
     kind = adapter_kind(method)

@@ -1,12 +1,12 @@
 """Memory measures for the overhead benchmark, on CPU (where torch keeps no allocator statistics) and CUDA.
 
 * ``accounted`` (both devices, deterministic): bytes of the distinct storages that a training step holds at its
-  peak, counted rather than sampled: parameters + buffers + optimiser state + one gradient per trainable
-  parameter + the tensors autograd saves for the backward pass (captured with ``saved_tensors_hooks``, each
-  storage once, parameters and buffers excluded because they are already counted). It leaves out the
-  transient workspace of single operations (a matmul's output before the next op frees its input, the
-  softmax of the loss, ...), so it is a lower bound of the true peak; it is exact for what differs between
-  LoRA and SDS-LoRA (buffers, saved activations).
+  peak, counted rather than sampled: parameters + buffers + persistent scratch (``workspace``) + optimiser
+  state + one gradient per trainable parameter + the tensors autograd saves for the backward pass (captured
+  with ``saved_tensors_hooks``, each storage once, parameters and buffers excluded because they are already
+  counted). It leaves out the transient workspace of single operations (a matmul's output before the next op
+  frees its input, the softmax of the loss, ...), so it is a lower bound of the true peak; it is exact for
+  what differs between LoRA and SDS-LoRA (bases, scratch, saved activations and autocast copies).
 * ``cuda_peak`` (CUDA only): what the method's model, buffers and optimiser state occupy between steps plus
   ``torch.cuda.max_memory_allocated`` growth during one step — the analogue of the paper's peak memory with
   several methods' models resident in one process.
@@ -55,14 +55,26 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer | None) -> list[torch.Ten
 
 
 def static_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, int]:
-    """Parameters, buffers, optimiser state (after at least one step) and gradients of trainable parameters."""
+    """Parameters, buffers, workspace, optimiser state (after at least one step) and trainable parameters' grads."""
     params = list(model.parameters())
     return {
         "parameters": unique_bytes(params),
         "buffers": unique_bytes(model.buffers()),
+        "workspace": unique_bytes(workspace_tensors(model)),
         "optimizer_state": unique_bytes(optimizer_tensors(optimizer)),
         "gradients": sum(p.numel() * p.element_size() for p in params if p.requires_grad),
     }
+
+
+def workspace_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Persistent scratch that is neither parameter nor buffer (SDS-LoRA's shared fused-factor scratch): modules
+    holding a ``scratch`` with a ``tensors()`` method; shared scratch is counted once (by storage)."""
+    out: list[torch.Tensor] = []
+    for module in model.modules():
+        scratch = module.__dict__.get("scratch")
+        if scratch is not None and callable(getattr(scratch, "tensors", None)):
+            out += scratch.tensors()
+    return out
 
 
 class SavedTensorMeter:
@@ -109,22 +121,31 @@ def accounted_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None, f
     return out
 
 
-def sds_extra_bytes(projections: Iterable[tuple[int, int]], rank: int, tokens: int, fused_bytes: int,
-                    activation_bytes: int) -> dict[str, int]:
-    """Memory SDS-LoRA holds beyond LoRA, for adapted layers of shapes ``projections`` = [(m, n), ...].
+def sds_extra_bytes(layers: Iterable[tuple[int, int, bool]], rank: int, fused_bytes: int,
+                    autocast: bool) -> dict[str, int]:
+    """Memory SDS-LoRA holds beyond LoRA at the step's peak, for adapted layers [(m, n, input needs grad), ...].
 
-    Buffers: the fp32 bases Q_B (m×r) and Q_A (n×r), and the fused factors [Q_B | B] (m×2r) and [A ; Q_Aᵀ]
-    (2r×n) in the compute dtype (``fused_bytes`` per number). Activations: backward keeps the rank-2r
-    intermediate h (tokens×2r) where LoRA keeps tokens×r. Trainable parameters, gradients and optimiser state
-    are LoRA's.
+    + the fp32 bases Q_B (m×r) and Q_A (n×r) of every layer: the method's state, 4·r·(m+n) bytes per layer;
+    + one fused-factor scratch per compute dtype, shared by all layers: 2r·max(m+n) numbers of ``fused_bytes``;
+    − under autocast, the bf16 copies of B (and of A where the input needs a gradient) that LoRA's linear layers
+      save for backward, 2 bytes per number; the fused path casts into the scratch and saves no copy.
+    Saved activations are otherwise LoRA's: x and a tokens×r intermediate (SDS keeps h_B = x·Q_A, LoRA A·x).
+    Trainable parameters, gradients and optimiser state are LoRA's.
     """
-    dims = [m + n for m, n in projections]
-    buffers = sum(d * rank * (4 + 2 * fused_bytes) for d in dims)
-    activations = len(dims) * tokens * rank * activation_bytes
-    return {"buffers": buffers, "activations": activations, "total": buffers + activations}
+    layers = list(layers)
+    bases = sum(4 * rank * (m + n) for m, n, _ in layers)
+    scratch = 2 * rank * max((m + n for m, n, _ in layers), default=0) * fused_bytes
+    casts = sum(2 * rank * (m + (n if grad else 0)) for m, n, grad in layers) if autocast else 0
+    return {"bases": bases, "scratch": scratch, "lora_autocast_copies": -casts, "total": bases + scratch - casts}
 
 
 # ----------------------------------------------------------------------------------------------- CUDA
+def step_peak_increment(step: Any, device: torch.device) -> int | None:
+    """Allocator-measured peak growth over one step: ``cuda_step_increment`` on CUDA, None on devices whose
+    allocator keeps no statistics (CPU). The benchmark's CUDA-peak columns are built from this value."""
+    return cuda_step_increment(step, device) if device.type == "cuda" else None
+
+
 def cuda_step_increment(step: Any, device: torch.device) -> int:
     """Growth of ``torch.cuda.max_memory_allocated`` over one call of ``step()`` (grads set to None before)."""
     torch.cuda.synchronize(device)

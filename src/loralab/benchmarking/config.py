@@ -1,0 +1,91 @@
+"""What the overhead benchmark runs: the configuration, its presets and the reference shapes and numbers."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loralab.benchmarking.flops import LlamaShape
+
+ROOT = Path(__file__).resolve().parents[3]
+CONF = ROOT / "conf"
+DEFAULT_METHODS = ("full_ft", "lora", "sds_lora", "dora", "pissa", "lora_plus", "lora_pro", "scaled_adamw",
+                   "altlora")
+# Options that only shorten initialisation (never the timed step): SDS's warm-up is set by ``sds_warmup_steps``.
+INIT_OVERRIDES: dict[str, dict[str, Any]] = {
+    "lora_ga": {"grad_batches": 1},
+    "corda": {"calibration_samples": None},
+}
+SDS_FAMILY = ("sds_lora", "sds_ortho")
+PAPER_LORA_PEAK_BYTES = int(128.54e9)  # sds_lora.md §5.6, MetaMathQA row (GB read as 10^9 bytes)
+LLAMA3_8B = LlamaShape(hidden=4096, intermediate=14336, heads=32, kv_heads=8, layers=32, vocab=128256, seq=512,
+                       batch=4)
+
+
+@dataclass
+class BenchConfig:
+    shape: LlamaShape
+    device: str = "cpu"
+    dtype: str = "float32"          # model dtype; "bfloat16" also turns on bf16 autocast (CUDA: the paper recipe)
+    rank: int = 32
+    alpha: float = 16.0
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    steps: int = 10                 # timed rounds (one step of every method per round)
+    warmup: int = 2                 # untimed steps per method after its own warm-up phase
+    sds_warmup_steps: int = 2       # SDS-LoRA's plain-LoRA steps before the transition (paper: 10; not timed)
+    refresh_main_steps: int = 1000  # nominal SDS steps for the schedule's refresh rate (≈ a 1-epoch run)
+    refresh_kernel_rounds: int = 10  # interleaved rounds of the refresh-kernel comparison (0: skip it)
+    tax_methods: tuple[str, ...] = ("lora",)
+    tax_steps: int = 10
+    rss: bool = False
+    flop_count: bool = True
+    lr: float = 1e-5
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    threads: int | None = None      # torch.set_num_threads on CPU (None: leave torch's default)
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.dtype]
+
+    @property
+    def autocast(self) -> bool:
+        return self.torch_dtype == torch.bfloat16
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = asdict(self.shape)
+        return d
+
+
+def config_from_dict(d: dict[str, Any]) -> BenchConfig:
+    """Inverse of ``BenchConfig.as_dict`` (the RSS probe gets its configuration as JSON)."""
+    d = dict(d)
+    d["shape"] = LlamaShape(**d["shape"])
+    for key in ("methods", "tax_methods", "targets"):
+        d[key] = tuple(d[key])
+    return BenchConfig(**d)
+
+
+def cpu_default() -> BenchConfig:
+    """Llama-shaped (GQA 4:1, MLP 3.5×) and wide enough that the linear layers dominate a CPU step."""
+    shape = LlamaShape(hidden=1024, intermediate=3584, heads=16, kv_heads=4, layers=2, vocab=2048, seq=256, batch=2)
+    # one thread: on a CPU shared with other jobs, OpenMP barriers turn every preemption into a stall of all threads
+    return BenchConfig(shape=shape, rss=True, threads=1, steps=16, tax_steps=16)
+
+
+def cuda_default() -> BenchConfig:
+    """LLaMA3-8B layer shapes and vocabulary (4 of its 32 layers), bf16 weights, bf16 autocast, batch 4 × 512."""
+    shape = LlamaShape(hidden=4096, intermediate=14336, heads=32, kv_heads=8, layers=4, vocab=128256, seq=512,
+                       batch=4)
+    return BenchConfig(shape=shape, device="cuda", dtype="bfloat16", steps=20, warmup=3, tax_steps=20)
+
+
+def tiny() -> BenchConfig:
+    """Seconds-sized shape for the tests."""
+    shape = LlamaShape(hidden=64, intermediate=160, heads=4, kv_heads=2, layers=2, vocab=96, seq=16, batch=2)
+    return BenchConfig(shape=shape, rank=4, methods=("full_ft", "lora", "sds_lora"), steps=2, warmup=1,
+                       tax_steps=2, threads=1, refresh_kernel_rounds=2)
