@@ -14,11 +14,15 @@ builds, plus one ``SDSState`` sub-module per layer holding the bases as *persist
 * ``lora_A``/``lora_B`` keep PEFT's names and shapes, so the rank-2r export (B' = [Q_B | B], A' = [A ; Q_Aᵀ])
   is a key-for-key rewrite of PEFT's own state dict, and merge/unload go through PEFT's variant hooks.
 A replacement nn.Linear would have needed its own save/load/resume/export code for the same result.
+
+The kernels live in :mod:`loralab.methods.sds_ops`: one fused rank-2r forward/backward per layer (no gradient
+for the bases, no per-layer copies of the factors) and the refresh, batched over all layers by ``SDSCallback``.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,9 +37,17 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import TrainerCallback
 
-from loralab.errors import ConfigError
+from loralab.errors import ConfigError, NonFiniteLossError
 from loralab.methods.base import CalibrationBatches
 from loralab.methods.lora import LoRA
+from loralab.methods.sds_ops import (  # noqa: F401  (orthonormal_basis, low_rank_svd: re-exported)
+    FusedLowRank,
+    FusedScratch,
+    compute_dtype,
+    low_rank_svd,
+    orthonormal_basis,
+    refresh_bases,
+)
 
 REFRESH_RULES = ("phased", "every_step", "uniform")
 SCALE_RULES = ("lora", "rslora")
@@ -65,51 +77,28 @@ def refresh_steps(total_steps: int, warmup_steps: int, rule: str, k: int = 5, in
     return [warmup_steps + t for t in range(1, main + 1) if refresh_due(t, main, rule, k, interval)]
 
 
-# ------------------------------------------------------------------------------------------ linear algebra
-def orthonormal_basis(m: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
-    """Orthonormal basis (fp32) of col(m) by reduced QR; columns sign-aligned with ``previous``.
-
-    Householder QR may flip a column's sign between refreshes, which would flip the sign of that column's
-    contribution to Q_B A discontinuously; aligning with the previous basis avoids it.
-    """
-    q, _ = torch.linalg.qr(m.detach().float(), mode="reduced")
-    if previous is not None:  # column-wise <q, previous>, one kernel and no m×r temporary; a zero keeps the sign
-        q.mul_(torch.where(torch.linalg.vecdot(q, previous.float(), dim=0) < 0, -1.0, 1.0))
-    return q
-
-
-def low_rank_svd(b: torch.Tensor, a: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SVD U Σ Vᵀ of scale·B·A (rank ≤ r) in fp32 via QR of both factors and an r×r core SVD: O((m+n)r²)."""
-    qb, rb = torch.linalg.qr(b.detach().float(), mode="reduced")
-    qa, ra = torch.linalg.qr(a.detach().float().T, mode="reduced")
-    u, sigma, vh = torch.linalg.svd(scale * rb @ ra.T)
-    return qb @ u, sigma, qa @ vh.T
-
-
 # ---------------------------------------------------------------------------------------- per-layer state
 class SDSState(nn.Module):
     """Bases and phase of one adapted layer.
 
-    Persistent (checkpointed): ``q_b`` (m×r), ``q_a`` (n×r), both fp32, and ``sds_on`` (warm-up over).
-    Non-persistent: ``up`` = [Q_B | B] (m×2r) and ``down`` = [A ; Q_Aᵀ] (2r×n), the fused factors of the
-    forward, held in the dtype the forward computes in (under bf16 autocast: bf16, so no per-call casts and
-    half the memory) and reallocated only when that dtype changes; the Q halves are written at refresh, the
-    A/B halves copied (and cast) in every forward (O((m+n)r), small next to the activations; version counters
-    cannot tell when A changed because fused AdamW updates parameters without bumping them).
+    Persistent (checkpointed): ``q_b`` (m×r), ``q_a`` (n×r), both fp32, and ``sds_on`` (warm-up over). Nothing
+    else is held per layer: the fused factors of the forward live in a ``FusedScratch`` shared by the layers
+    attached together (see :mod:`loralab.methods.sds_ops`); ``up`` = [Q_B | B] (m×2r) and ``down`` = [A ; Q_Aᵀ]
+    (2r×n) materialise this layer's pair there, in the dtype of the last fused forward, for inspection.
     """
 
     def __init__(self, out_features: int, in_features: int, rank: int, like: torch.Tensor, bases: bool = True) -> None:
         super().__init__()
-        fp32 = dict(device=like.device, dtype=torch.float32)
         self.register_buffer("sds_on", torch.zeros((), dtype=torch.bool, device=like.device))
         self.active = False  # python mirror of sds_on: branching on a tensor would sync the device every call
         self.rank = rank
+        self.scratch = FusedScratch()  # replaced by the one shared scratch in attach_variant
+        self.scratch.reserve(out_features, in_features, rank)
+        self._owner: tuple[LoraLinear, str] | None = None  # (layer, adapter), set in SDSLinearVariant.init
         if bases:
+            fp32 = dict(device=like.device, dtype=torch.float32)
             self.register_buffer("q_b", torch.zeros(out_features, rank, **fp32))
             self.register_buffer("q_a", torch.zeros(in_features, rank, **fp32))
-            kw = dict(device=like.device, dtype=like.dtype)
-            self.register_buffer("up", torch.zeros(out_features, 2 * rank, **kw), persistent=False)
-            self.register_buffer("down", torch.zeros(2 * rank, in_features, **kw), persistent=False)
 
     def activate(self) -> None:
         self.sds_on.fill_(True)
@@ -117,28 +106,28 @@ class SDSState(nn.Module):
 
     @torch.no_grad()
     def set_bases(self, q_b: torch.Tensor, q_a: torch.Tensor) -> None:
-        r = self.rank
         self.q_b.copy_(q_b)
         self.q_a.copy_(q_a)
-        self.up[:, :r].copy_(q_b)
-        self.down[r:].copy_(q_a.T)
 
-    @torch.no_grad()
-    def sync_factors(self, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None = None) -> None:
-        """Copy A and B into the fused factors, first moving those to ``dtype`` (the forward's compute dtype)."""
-        r = self.rank
-        if dtype is not None and self.up.dtype != dtype:
-            self.up = torch.empty(self.up.shape, dtype=dtype, device=self.up.device)
-            self.down = torch.empty(self.down.shape, dtype=dtype, device=self.down.device)
-            self.up[:, :r].copy_(self.q_b)
-            self.down[r:].copy_(self.q_a.T)
-        self.down[:r].copy_(a)
-        self.up[:, r:].copy_(b)
+    def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(down, up) = ([A ; Q_Aᵀ], [Q_B | B]) of this layer, written into the shared scratch."""
+        layer, adapter = self._owner
+        a, b = layer.lora_A[adapter].weight.detach(), layer.lora_B[adapter].weight.detach()
+        return self.scratch.fill(a, b, self.q_a, self.q_b)
+
+    @property
+    def up(self) -> torch.Tensor:
+        return self.fused()[1]
+
+    @property
+    def down(self) -> torch.Tensor:
+        return self.fused()[0]
 
     def _apply(self, fn: Any, recurse: bool = True) -> SDSState:
         # model.to(bf16) must not round the bases: keep the fp32 originals, follow only device moves
         keep = {n: getattr(self, n) for n in ("q_b", "q_a") if hasattr(self, n)}
         super()._apply(fn, recurse)
+        self.scratch.buffers.clear()  # scratch on the old device/dtype: reallocated at the next forward
         for name, old in keep.items():
             new = getattr(self, name)
             if new.dtype != old.dtype:
@@ -147,66 +136,8 @@ class SDSState(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        # the mirrors are not in the state dict: rebuild them from what was just loaded (Trainer resume)
+        # the mirror is not in the state dict: rebuild it from what was just loaded (Trainer resume)
         self.active = bool(self.sds_on)
-        if hasattr(self, "q_b"):
-            self.set_bases(self.q_b.clone(), self.q_a.clone())
-
-
-class _FusedLowRank(torch.autograd.Function):
-    """out = result + s·up·(down·x) with up = [Q_B | B], down = [A ; Q_Aᵀ]; backward forms only ∇x, ∇A and ∇B.
-
-    Hot-path choices (each saves a pass over a tokens×out_features tensor, which on a GPU costs about as much as
-    the rank-2r products themselves): the residual add and the scale s ride in the second GEMM
-    (``addmm(result, h, upᵀ, alpha=s)``) instead of a separate multiply and add, and backward applies s to the
-    rank-2r intermediates rather than to the incoming gradient. When x needs no gradient (inputs computed from
-    frozen embeddings only) just the Q_B half of ∂h is formed, the half that ∇A needs.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, result: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                down: torch.Tensor, up: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
-        # autocast off + explicit dtype, so backward computes in exactly the dtype forward used
-        with torch.autocast(x.device.type, enabled=False):
-            xd, dn, u = x.to(dtype), down.to(dtype), up.to(dtype)
-            h = xd @ dn.T
-            if result.dtype == dtype and result.shape[:-1] == h.shape[:-1]:
-                out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), u.T,
-                                  alpha=scale).view(result.shape)
-            else:  # e.g. bf16 base output, fp32 adapter without autocast: PEFT's result + delta.to(result.dtype)
-                out = result + ((h @ u.T) * scale).to(result.dtype)
-        # A and B go through save_for_backward only for autograd's in-place check; the fused factors are kept on
-        # ctx instead, because a second call of the layer before backward re-copies the same values into them
-        ctx.save_for_backward(xd, h, a, b)
-        ctx.fused, ctx.scale, ctx.dtypes = (dn, u), scale, (x.dtype, result.dtype, a.dtype, b.dtype)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        xd, h, _, _ = ctx.saved_tensors
-        dn, u = ctx.fused
-        r = dn.shape[0] // 2
-        x_dtype, result_dtype, a_dtype, b_dtype = ctx.dtypes
-        grad_x = grad_a = grad_b = None
-        with torch.autocast(grad_out.device.type, enabled=False):
-            g = grad_out.to(u.dtype).reshape(-1, grad_out.shape[-1])
-            # ∂h = s·g·up (tokens×2r); only its Q_B half (for ∇A) when x needs no gradient
-            grad_h = (g @ (u if ctx.needs_input_grad[0] else u[:, :r])).mul_(ctx.scale)
-            if ctx.needs_input_grad[0]:
-                grad_x = (grad_h @ dn).view(*xd.shape[:-1], dn.shape[1]).to(x_dtype)
-            if ctx.needs_input_grad[2]:
-                grad_a = (grad_h[:, :r].T @ xd.reshape(-1, xd.shape[-1])).to(a_dtype)
-            if ctx.needs_input_grad[3]:
-                grad_b = (g.T @ h.reshape(-1, h.shape[-1])[:, r:]).mul_(ctx.scale).to(b_dtype)
-        grad_result = grad_out if ctx.needs_input_grad[1] else None
-        if grad_result is not None and grad_result.dtype != result_dtype:
-            grad_result = grad_result.to(result_dtype)
-        return grad_x, grad_result, grad_a, grad_b, None, None, None, None
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 # ------------------------------------------------------------------------------------------- the variant
@@ -223,9 +154,10 @@ class SDSLinearVariant(LoraVariant):
         weight = module.lora_A[adapter_name].weight
         if not hasattr(module, STATE_ATTR):
             module.add_module(STATE_ATTR, nn.ModuleDict())
-        getattr(module, STATE_ATTR)[adapter_name] = SDSState(
-            module.out_features, module.in_features, weight.shape[0], weight, bases=cls.cached_bases
-        )
+        state = SDSState(module.out_features, module.in_features, weight.shape[0], weight, bases=cls.cached_bases)
+        # a plain attribute, not a submodule (no cycle in modules()/state_dict); deepcopy maps it to the copy
+        object.__setattr__(state, "_owner", (module, adapter_name))
+        getattr(module, STATE_ATTR)[adapter_name] = state
 
     @staticmethod
     def state(module: LoraLinear, adapter: str) -> SDSState:
@@ -266,9 +198,8 @@ class SDSLinearVariant(LoraVariant):
         st = cls.state(module, active_adapter)
         if not st.active:  # warm-up: plain LoRA
             return result + lora_b(lora_a(x)) * scale
-        dtype = _compute_dtype(x)
-        st.sync_factors(lora_a.weight, lora_b.weight, dtype)
-        return _FusedLowRank.apply(x, result, lora_a.weight, lora_b.weight, st.down, st.up, scale, dtype)
+        return FusedLowRank.apply(x, result, lora_a.weight, lora_b.weight, st.q_a, st.q_b, st.scratch, scale,
+                                  compute_dtype(x))
 
     @classmethod
     @torch.no_grad()
@@ -288,9 +219,15 @@ class SDSLinearVariant(LoraVariant):
     @torch.no_grad()
     def refresh(cls, module: LoraLinear, adapter: str) -> None:
         """Q_B ← qr(B).Q, Q_A ← qr(Aᵀ).Q; A and B are not corrected (the paper's subspace-change error)."""
+        refresh_bases(cls.basis_pairs(module, adapter))
+
+    @classmethod
+    def basis_pairs(cls, module: LoraLinear, adapter: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(factor, basis) pairs the refresh orthonormalises: (B, Q_B) and (Aᵀ, Q_A); none without cached bases."""
+        if not cls.cached_bases:
+            return []
         st = cls.state(module, adapter)
-        a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
-        st.set_bases(orthonormal_basis(b, st.q_b), orthonormal_basis(a.T, st.q_a))
+        return [(module.lora_B[adapter].weight, st.q_b), (module.lora_A[adapter].weight.T, st.q_a)]
 
 
 def sds_layers(model: nn.Module) -> list[tuple[str, LoraLinear, str]]:
@@ -315,19 +252,27 @@ class SDSCallback(TrainerCallback):
     """Warm-up transition after optimiser step ``warmup_steps``; basis refreshes after the scheduled steps.
 
     Everything is keyed on ``TrainerState.global_step`` (restored on resume) and the layers' ``sds_on``
-    buffers (restored with the adapter), so a resumed run repeats the uninterrupted one.
+    buffers (restored with the adapter), so a resumed run repeats the uninterrupted one. A refresh is one
+    batched QR per factor shape over all layers (``refresh_bases``), queued without a device sync.
     """
 
     def __init__(self, warmup_steps: int, refresh: str, k: int, interval: int) -> None:
         self.warmup_steps, self.refresh, self.k, self.interval = warmup_steps, refresh, k, interval
         self._checked = False  # phase check done for this run
+        self._cache: tuple[weakref.ref, list[tuple[str, LoraLinear, str]]] | None = None
+
+    def layers(self, model: nn.Module) -> list[tuple[str, LoraLinear, str]]:
+        """``sds_layers(model)``, walked once per model: a full module walk per refresh costs ~1 ms at 8B."""
+        if self._cache is None or self._cache[0]() is not model:
+            self._cache = (weakref.ref(model), sds_layers(model))
+        return self._cache[1]
 
     def on_step_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kw: Any) -> None:
         if self._checked or model is None:
             return
         self._checked = True  # first step after a possible resume: the layers' phase must match the step
         expect_on = state.global_step >= self.warmup_steps
-        for name, mod, ad in sds_layers(model):
+        for name, mod, ad in self.layers(model):
             if mod.lora_variant[ad].state(mod, ad).active != expect_on:
                 raise ConfigError(
                     f"method.warmup_steps={self.warmup_steps} does not match the resumed checkpoint: at step "
@@ -342,26 +287,35 @@ class SDSCallback(TrainerCallback):
         step = state.global_step
         total = state.max_steps if state.max_steps and state.max_steps > 0 else args.max_steps
         if step == self.warmup_steps:
-            layers = sds_layers(model)  # walked only on the steps that use it (most steps refresh nothing)
+            layers = self.layers(model)
+            params = [p for _, m, ad in layers for p in (m.lora_A[ad].weight, m.lora_B[ad].weight)]
+            # one-off host check: NonFiniteGuard checks lazily, and the SVD below would fail on NaN with a
+            # less useful error than this one
+            if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+                raise NonFiniteLossError(
+                    f"non-finite LoRA factors at the end of SDS-LoRA's warm-up (step {step}): a non-finite gradient "
+                    "was applied during the warm-up. Lower trainer.learning_rate or check the data."
+                )
             for _, mod, ad in layers:
                 mod.lora_variant[ad].transition(mod, ad)
             if optimizer is not None:  # A and B were rewritten: their Adam moments no longer apply
-                params = [p for _, m, ad in layers for p in (m.lora_A[ad].weight, m.lora_B[ad].weight)]
                 clear_optimizer_state(optimizer, params)
         elif step > self.warmup_steps and refresh_due(
             step - self.warmup_steps, total - self.warmup_steps, self.refresh, self.k, self.interval
         ):
-            for _, mod, ad in sds_layers(model):
-                mod.lora_variant[ad].refresh(mod, ad)
+            refresh_bases([p for _, m, ad in self.layers(model) for p in m.lora_variant[ad].basis_pairs(m, ad)])
 
 
 def attach_variant(model: nn.Module, variant: type[SDSLinearVariant], adapter: str = "default") -> int:
     """Turn every PEFT ``lora.Linear`` of ``adapter`` into ``variant``; returns how many layers."""
-    n = 0
+    n, scratch = 0, FusedScratch()  # one scratch for all layers: they run one at a time
     for mod in model.modules():
         if isinstance(mod, LoraLinear) and adapter in mod.lora_A:
             mod.lora_variant[adapter] = variant()
             variant.init(mod, adapter)
+            state = variant.state(mod, adapter)
+            scratch.reserve(mod.out_features, mod.in_features, state.rank)
+            state.scratch = scratch
             n += 1
     return n
 
