@@ -21,6 +21,9 @@ def training_arguments(trainer_cfg: DictConfig, output_dir: Path, seed: int, rep
                        progress: bool) -> TrainingArguments:
     options = OmegaConf.to_container(trainer_cfg, resolve=True)
     assert isinstance(options, dict)
+    # The Trainer's NaN filter reads the loss on the host every step and logs a running mean in place of a
+    # non-finite loss; NonFiniteGuard already stops such a run, so the filter only costs a sync per step.
+    options.setdefault("logging_nan_inf_filter", False)
     return TrainingArguments(
         output_dir=str(output_dir),
         seed=seed,
