@@ -54,6 +54,9 @@ def test_make_figures_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "claims pass" in report and "FAIL" not in report
     assert "## g2. SDS-LoRA Fig. 3 (loss), embedded task" in report
+    # the lr grid of both methods, the selection and the shared-lr comparison are all in the report
+    assert "| grid lr 0.01 ← selected: final / post-warm-up mean loss, LoRA" in report
+    assert "| selected lr, LoRA / SDS-LoRA | [0.01, 0.001] |" in report and "| shared lr 0.003 " in report
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert len(pngs) == 10, pngs
     for name in pngs:

@@ -6,7 +6,8 @@
 * ``callback.DiagnosticsCallback`` — the metrics during HF ``Trainer`` training (imported lazily, so that
   importing this package does not pull in transformers);
 * ``loram_mlp``, ``sds_toy``, ``survey_toy`` — CPU reproductions; ``embedded_curves`` — LoRA vs SDS-LoRA
-  training runs of the embedded task (SDS-LoRA Figs. 3, 5); ``claims`` — their pass/fail criteria;
+  training runs of the embedded task (SDS-LoRA Figs. 3, 5); ``claims`` (and ``claims_embedded`` for the
+  embedded runs) — their pass/fail criteria;
   ``report`` — Markdown rendering used by ``scripts/make_figures.py``.
 """
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Each ``check_*`` takes the measured output of a testbed function and returns a ``Claim`` whose
 ``passed`` is the criterion stated in its ``criterion`` field; nothing here hard-codes a measured value.
+Claims g1–g3 are in ``claims_embedded`` (re-exported).
 """
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from loralab.diagnostics.embedded_curves import smooth
+# Claims g1–g3 (SDS-LoRA Figs. 3 and 5 on the embedded task) live in their own module; re-exported here.
+from loralab.diagnostics.claims_embedded import (
+    check_lora_stable_rank,
+    check_sds_alignment,
+    check_sds_curves,
+    check_sds_loss,
+)
 from loralab.diagnostics.rank_tools import (
     captured_energy,
     cumulative_energy,
@@ -231,107 +238,3 @@ def check_rank_tools(deltas: dict[str, Any], rank: int, kappa_t: list[float]) ->
         "Allocation uses ≤ budget and keeps ≥ the energy of the uniform allocation with the same budget.",
         bool(used <= budget and e_greedy >= e_uniform - 1e-12), nums,
     )
-
-
-# ---------------------------------------------------------------- SDS-LoRA Figs. 3 and 5 on the embedded task
-# ``res`` below is the output of ``embedded_curves.embedded_curves``: {"lora": curves, "sds_lora": curves}.
-
-def _lrs(res: dict[str, dict[str, Any]]) -> str:
-    return ", ".join(f"{m}: lr {h['learning_rate']:g}, s {h['scaling']:.3g}" for m, h in res.items())
-
-
-def _post_warmup(h: dict[str, Any], key: str = "diag_step") -> np.ndarray:
-    """Mask of the records after SDS-LoRA's warm-up: before it, SDS *is* plain LoRA (with its own s)."""
-    return np.asarray(h[key]) > h["warmup_steps"]
-
-
-def _second_half(h: dict[str, Any], key: str) -> float:
-    steps = np.asarray(h["diag_step"])
-    return float(np.nanmean(np.asarray(h[key], dtype=float)[steps > h["steps"] // 2]))
-
-
-def check_sds_alignment(res: dict[str, dict[str, Any]], window: int = 5, frac: float = 0.9) -> Claim:
-    """Fig. 3 (right): SDS-LoRA's G̃ is better aligned with the full gradient G than LoRA's, throughout."""
-    lora, sds = res["lora"], res["sds_lora"]
-    if lora["diag_step"] != sds["diag_step"]:
-        raise ValueError("LoRA and SDS-LoRA were measured at different steps; run them with the same interval")
-    a_l, a_s = smooth(lora["align"], window), smooth(sds["align"], window)
-    post = _post_warmup(sds)
-    above = float(np.mean(a_s[post] > a_l[post])) if post.any() else 0.0
-    m_l, m_s = _second_half(lora, "align"), _second_half(sds, "align")
-    nums = {"mean cos(G, G̃) over the 2nd half, LoRA": m_l, "mean cos(G, G̃) over the 2nd half, SDS-LoRA": m_s,
-            "fraction of post-warm-up records with SDS > LoRA (smoothed)": above,
-            "diagnostic records (steps measured)": len(lora["diag_step"]),
-            "learning rates / scales": _lrs(res)}
-    return Claim(
-        "g1", "SDS-LoRA Fig. 3 (alignment), embedded task",
-        "The cosine between the full gradient G and the method's low-rank effective gradient G̃ is higher for "
-        "SDS-LoRA than for LoRA throughout training.",
-        f"Layer-mean cos(G, G̃) (G̃ = s²(GAᵀA + BBᵀG) for LoRA, s²(P_B G + G P_A) for SDS), moving average over "
-        f"{window} records: SDS > LoRA at ≥ {frac:.0%} of the records after SDS's warm-up, and SDS's mean over the "
-        "second half of training > LoRA's.",
-        bool(above >= frac and m_s > m_l), nums,
-        note="G̃ is the first-order change of ΔW under a plain gradient step (metrics.py); the runs use AdamW, "
-        "whose actual step differs. The paper's exact alignment metric is not known (sds_lora.md §3).",
-    )
-
-
-def check_sds_loss(res: dict[str, dict[str, Any]], tol: float = 0.02) -> Claim:
-    """Fig. 3 (left): SDS-LoRA's training loss falls faster than LoRA's (and does not end worse).
-
-    "Faster" is the area under the loss curve after SDS's warm-up (its mean there), not the fraction of steps
-    where one curve is lower: on a plateau that fraction is decided by noise-sized differences.
-    """
-    lora, sds = res["lora"], res["sds_lora"]
-    if lora["step"] != sds["step"]:
-        raise ValueError("LoRA and SDS-LoRA losses cover different steps; train both for the same steps")
-    n = len(lora["loss"])
-    post = _post_warmup(sds, "step")
-    loss_l, loss_s = np.asarray(lora["loss"], dtype=float), np.asarray(sds["loss"], dtype=float)
-    auc_l, auc_s = float(loss_l[post].mean()), float(loss_s[post].mean())
-    window = max(3, n // 20)
-    below = float(np.mean(smooth(loss_s, window)[post] < smooth(loss_l, window)[post]))
-    tail = max(1, n // 10)
-    f_l, f_s = float(loss_l[-tail:].mean()), float(loss_s[-tail:].mean())
-    nums = {"mean loss after SDS's warm-up (area under the curve), LoRA": auc_l,
-            "mean loss after SDS's warm-up (area under the curve), SDS-LoRA": auc_s,
-            f"final loss (mean of last {tail} steps), LoRA": f_l,
-            f"final loss (mean of last {tail} steps), SDS-LoRA": f_s,
-            f"fraction of post-warm-up steps with SDS < LoRA (moving average over {window})": below,
-            "steps / SDS warm-up steps": [n, sds["warmup_steps"]], "learning rates / scales": _lrs(res)}
-    return Claim(
-        "g2", "SDS-LoRA Fig. 3 (loss), embedded task",
-        "SDS-LoRA's training loss converges faster than LoRA's.",
-        "Per-step training loss after SDS's warm-up (before it SDS trains as plain LoRA): SDS's mean (area under "
-        f"the curve) < LoRA's, and SDS's final loss (mean of the last 10 % of steps) ≤ LoRA's × {1 + tol:g}. Both "
-        "methods use the learning rate their composed config gives (no tuning).",
-        bool(post.any() and auc_s < auc_l and f_s <= f_l * (1 + tol)), nums,
-    )
-
-
-def check_lora_stable_rank(res: dict[str, dict[str, Any]], drop: float = 0.8) -> Claim:
-    """Fig. 5: LoRA's factors develop skewed spectra (stable rank well below r). SDS is reported only."""
-    lora, sds = res["lora"], res["sds_lora"]
-    r = lora["rank"]
-    m = {k: _second_half(lora, k) for k in ("srank_A", "srank_B", "srank_dW")}
-    a0 = float(lora["srank_A"][0])  # step 1: A is (almost) its random init, B ≈ 0
-    nums: dict[str, Any] = {"rank r": r, "LoRA stable rank of A at step 1": a0}
-    names = {"srank_A": "A", "srank_B": "B", "srank_dW": "ΔW"}
-    nums.update({f"LoRA stable rank of {names[k]} (2nd-half mean)": v for k, v in m.items()})
-    nums.update({f"SDS-LoRA stable rank of {n} (2nd-half mean)": _second_half(sds, k) for k, n in names.items()})
-    ok = m["srank_B"] <= r / 2 and m["srank_dW"] <= r / 2 and m["srank_A"] <= drop * a0
-    return Claim(
-        "g3", "SDS-LoRA Fig. 5 (stable rank), embedded task",
-        "LoRA's matrices develop skewed singular spectra (stable rank ‖M‖_F²/‖M‖_2² well below r) during "
-        "training — the precondition for anisotropic gradient scaling to matter.",
-        f"LoRA, layer-mean stable rank over the second half of training: B and ΔW ≤ r/2, and A ≤ {drop:g} × its "
-        "value at step 1 (A starts as a random, nearly isotropic matrix; B starts at 0).",
-        bool(ok), nums,
-        note="SDS-LoRA's stable ranks are listed for comparison only (its ΔW = s(Q_B A + B Q_Aᵀ) has rank ≤ 2r, "
-        "and its gradients do not depend on the factors' spectra); the paper's Fig. 5 makes no claim about them.",
-    )
-
-
-def check_sds_curves(res: dict[str, dict[str, Any]]) -> list[Claim]:
-    """All three claims of SDS-LoRA Figs. 3 and 5 on the embedded task (alignment, loss, stable rank)."""
-    return [check_sds_alignment(res), check_sds_loss(res), check_lora_stable_rank(res)]
