@@ -20,8 +20,10 @@ install: $(STAMP)
 run: install
 	$(PY) run.py
 
+# One worker per core (-n auto): most of the suite is small end-to-end runs, and two of them side by side keep
+# both cores busy where one alone leaves gaps (process start-up, data loading, sandboxed subprocesses).
 test: install
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -n auto
 
 reproduce-embedded: install
 	$(PY) run.py -m experiment=embedded progress=false
