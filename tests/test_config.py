@@ -1,7 +1,6 @@
 """The real config tree composes for every option of every group, and overrides land where they should."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hydra.errors import MissingConfigException

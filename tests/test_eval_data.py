@@ -17,7 +17,8 @@ from loralab.data.commonsense import commonsense_records
 from loralab.data.glue import glue_records
 from loralab.data.vision import image_records
 from loralab.errors import ConfigError, DatasetUnavailableError
-from loralab.evaluation.evaluator import check_suite, load_suite_records
+from loralab.evaluation.checks import check_suite
+from loralab.evaluation.evaluator import load_suite_records
 from loralab.instantiate import build
 
 DATA = Path(__file__).parent / "fixtures" / "data"

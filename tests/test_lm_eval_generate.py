@@ -18,7 +18,8 @@ import yaml
 from conftest import compose
 from loralab.data.arithmetic import ALPHABET
 from loralab.errors import ConfigError
-from loralab.evaluation.evaluator import check_suite, evaluate_suite
+from loralab.evaluation.checks import check_suite
+from loralab.evaluation.evaluator import evaluate_suite
 from loralab.evaluation.extraction import truncate_at_stop
 from loralab.evaluation.generation import generate_greedy
 from loralab.evaluation.lm_eval_generate import GenerationJob, generate_tasks

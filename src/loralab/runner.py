@@ -20,7 +20,8 @@ from transformers import set_seed
 
 from loralab.data.build import training_examples
 from loralab.errors import ConfigError
-from loralab.evaluation.evaluator import check_suite, check_suite_fits_model, evaluate_suite, load_suite_records
+from loralab.evaluation.checks import check_suite, check_suite_fits_model
+from loralab.evaluation.evaluator import evaluate_suite, load_suite_records
 from loralab.io import atomic_write_dir, atomic_write_json, atomic_write_text, read_json
 from loralab.methods.base import Method, count_trainable
 from loralab.models.loading import load_model

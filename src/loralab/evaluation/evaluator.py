@@ -34,26 +34,21 @@ from tqdm.auto import tqdm
 from loralab.data.text import render, render_prompt
 from loralab.data.vision import ImageRecords
 from loralab.errors import ConfigError
+from loralab.evaluation.checks import GENERATIVE_TYPES, REQUIRED, check_suite, require_code_opt_in, suite_engine
 from loralab.evaluation.extraction import (
-    FALLBACKS,
     NORMALIZERS,
-    OCCURRENCES,
     extract_answer,
     extract_code,
     truncate_at_stop,
 )
 from loralab.evaluation.generation import generate_greedy
 from loralab.evaluation.math_equiv import math_equal
-from loralab.evaluation.metrics import CORPUS_METRICS, METRICS, aggregate, mean_and_stderr, score
+from loralab.evaluation.metrics import aggregate, mean_and_stderr, score
 from loralab.io import atomic_write_jsonl
 
-__all__ = ["ENGINES", "TASK_TYPES", "check_suite", "check_suite_fits_model", "evaluate_suite", "load_suite_records",
-           "mean_and_stderr", "run_harness_generation", "score_answers", "score_code", "suite_engine"]
+__all__ = ["TASK_TYPES", "evaluate_suite", "load_suite_records", "mean_and_stderr", "run_harness_generation",
+           "score_answers", "score_code"]
 
-COMPARES = ("exact", "math_verify")
-BENCHMARKS = ("humaneval", "mbpp")
-ENGINES = ("lm_eval", "native")       # who generates for generate/code tasks
-GENERATIVE_TYPES = ("generate", "code")
 Records = Sequence[dict[str, Any]]
 TaskOutput = tuple[list[dict[str, Any]], dict[str, Any]]  # per-sample records, extras for metrics.json
 
@@ -160,7 +155,7 @@ def score_code(task: DictConfig, records: Records, prompts: Sequence[str], gener
 
 def _code_task(model: nn.Module, tokenizer: Any, task: DictConfig, suite: DictConfig, records: Records,
                out_dir: Path, progress: bool) -> TaskOutput:
-    _require_code_opt_in(suite)  # checked before training too; repeated so no path runs code without it
+    require_code_opt_in(suite)  # checked before training too; repeated so no path runs code without it
     prompts = [build_prompt(task, r) for r in records]
     generations = _generations(model, tokenizer, task, prompts, progress)
     return _with_engine(score_code(task, records, prompts, generations, allow_code_execution=True), "native")
@@ -174,7 +169,7 @@ def run_harness_generation(model: nn.Module, tokenizer: Any, tasks: Sequence[Dic
     from loralab.evaluation.lm_eval_generate import GenerationJob, generate_tasks
 
     if any(t.type == "code" for t in tasks):
-        _require_code_opt_in(suite)  # as for native generation: no path runs code without the opt-in
+        require_code_opt_in(suite)  # as for native generation: no path runs code without the opt-in
     prompts = {t.name: [build_prompt(t, r) for r in records[t.name]] for t in tasks}
     jobs = [GenerationJob(
         name=t.name, prompts=prompts[t.name], max_new_tokens=int(t.max_new_tokens),
@@ -267,110 +262,7 @@ TASK_TYPES: dict[str, TaskRunner] = {
     "generate": _generate_task, "code": _code_task, "lm_eval": _lm_eval_task,
     "classify": _classify_task, "sequence_classify": _sequence_classify_task,
 }
-# fields each type needs, and the metrics that make sense for it
-REQUIRED = {
-    "generate": ["prompt_template", "answer_field", "answer_pattern", "normalizer", "max_new_tokens", "batch_size"],
-    "code": ["benchmark", "prompt_template", "max_new_tokens", "batch_size"],
-    "lm_eval": ["lm_eval", "batch_size"],
-    "classify": ["batch_size"],
-    "sequence_classify": ["batch_size", "max_length"],
-}
-TYPE_METRICS = {
-    "generate": ("exact_match", "accuracy"), "code": ("pass@1",), "lm_eval": ("accuracy",), "classify": ("top1",),
-    "sequence_classify": ("accuracy", *CORPUS_METRICS),
-}
-
-
-# ------------------------------------------------------------------------------------------- checks
-def suite_engine(suite: DictConfig) -> str:
-    """Who generates for the suite's ``generate``/``code`` tasks (``native`` where the suite says nothing)."""
-    return str(suite.get("engine") or "native")
-
-
-def _check_engine(suite: DictConfig) -> None:
-    engine = suite_engine(suite)
-    if engine not in ENGINES:
-        raise ConfigError(f"eval suite {suite.get('name')!r}: engine={engine!r}; valid: {sorted(ENGINES)} "
-                          f"(e.g. eval.engine=lm_eval)")
-    for task in [t for t in suite.tasks if t.get("engine") is not None]:
-        raise ConfigError(f"eval task {task.name}: engine is a suite setting (the suite's protocol names it); "
-                          f"set eval.engine={task.engine} instead of a per-task engine")
-    generative = [t.name for t in suite.tasks if t.type in GENERATIVE_TYPES]
-    if generative and not str(suite.protocol).endswith(f"+{engine}"):
-        raise ConfigError(f"eval suite {suite.get('name')}: protocol={suite.protocol!r} does not name the engine "
-                          f"{engine!r} that generates for {generative}; end it with '+${{.engine}}' (e.g. "
-                          f"protocol: my-suite/v1+${{.engine}}) so runs of different engines are never pooled")
-
-
-def check_suite_fits_model(suite: DictConfig, model: nn.Module, tokenizer: Any) -> None:
-    """Checks that need the model, run before training so a misfit fails in seconds, not after the run: under
-    the harness, each generative task's ``max_new_tokens`` must leave room for a prompt in the model's positions."""
-    if suite_engine(suite) != "lm_eval":
-        return
-    from loralab.evaluation.lm_eval_generate import context_window
-
-    window = context_window(model, tokenizer)
-    for task in [t for t in suite.tasks if t.type in GENERATIVE_TYPES]:
-        if window is not None and int(task.max_new_tokens) >= window:
-            raise ConfigError(f"eval task {task.name}: max_new_tokens={task.max_new_tokens} leaves no room for a "
-                              f"prompt in the model's {window} positions (engine lm_eval); lower "
-                              f"eval.tasks.<i>.max_new_tokens below {window}")
-
-
-def _require_code_opt_in(suite: DictConfig) -> None:
-    from loralab.evaluation.code_exec import require_opt_in
-
-    require_opt_in(suite.get("allow_code_execution", False))
-
-
-def _choice(task: DictConfig, key: str, value: Any, valid: Sequence[Any]) -> None:
-    if value not in valid:
-        raise ConfigError(f"eval task {task.name}: {key}={value!r}; valid: {sorted(valid)}")
-
-
-def check_suite(suite: DictConfig) -> None:
-    """Protocol errors surface before training, not after it."""
-    if not suite.get("protocol"):
-        raise ConfigError(f"eval suite {suite.get('name')!r} has no protocol: every suite names its versioned "
-                          f"protocol (e.g. protocol: metamath-gsm8k/v1)")
-    names = [t.name for t in suite.tasks]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise ConfigError(f"eval suite {suite.name}: task names {duplicated} appear more than once")
-    _check_engine(suite)
-    for task in suite.tasks:
-        if task.type not in TASK_TYPES:
-            raise ConfigError(f"eval task {task.name}: type={task.type!r}; valid types: {sorted(TASK_TYPES)}")
-        missing = [k for k in REQUIRED[task.type] if task.get(k) is None]
-        if missing:
-            raise ConfigError(f"eval task {task.name} (type {task.type}) lacks {missing}")
-        _choice(task, "metric", task.get("metric"), TYPE_METRICS[task.type])
-        if task.type == "generate":
-            _choice(task, "normalizer", task.normalizer, list(NORMALIZERS))
-            _choice(task, "fallback", task.get("fallback", "last_number"), FALLBACKS)
-            _choice(task, "occurrence", task.get("occurrence", "first"), OCCURRENCES)
-            _choice(task, "compare", task.get("compare", "exact"), COMPARES)
-        if task.type == "code":
-            _choice(task, "benchmark", task.benchmark, BENCHMARKS)
-            _require_code_opt_in(suite)
-        if task.type == "lm_eval":
-            from loralab.evaluation.lm_eval_engine import HARNESS_METRICS, OUTPUT_TYPES
-
-            _choice(task, "lm_eval.output_type", task.lm_eval.get("output_type", "multiple_choice"), OUTPUT_TYPES)
-            _choice(task, "lm_eval.select", task.lm_eval.get("select", "acc"), HARNESS_METRICS)
-        if task.type == "sequence_classify":
-            for metric in task.get("extra_metrics") or []:
-                _choice(task, "extra_metrics", metric, TYPE_METRICS["sequence_classify"])
-        if task.get("num_beams") is not None and (not isinstance(task.num_beams, int) or task.num_beams < 1):
-            raise ConfigError(f"eval task {task.name}: num_beams={task.num_beams!r}; it must be an integer >= 1")
-    harness_lengths = {t.get("max_length") for t in suite.tasks if t.type == "lm_eval"}
-    if len(harness_lengths) > 1:
-        raise ConfigError(f"eval suite {suite.name}: its lm_eval tasks share one model wrapper, so they need one "
-                          f"max_length; got {sorted(harness_lengths, key=str)}")
-    if suite.get("aggregate"):
-        _choice(suite.tasks[0], "aggregate.metric", suite.aggregate.metric, METRICS)
-        if suite.aggregate.name in names:
-            raise ConfigError(f"eval suite {suite.name}: aggregate.name={suite.aggregate.name!r} is also a task name")
+assert TASK_TYPES.keys() == REQUIRED.keys(), "every task type needs its checks in loralab.evaluation.checks"
 
 
 # ----------------------------------------------------------------------------------------- running
