@@ -109,3 +109,34 @@ def test_finite_training_never_raises_and_end_of_training_checks(tmp_path: Path)
     _pre_step(bad, args, state, model, bad=True)  # step 21, applied
     with pytest.raises(NonFiniteLossError, match=r"at step 21\b"):
         bad.on_epoch_end(args, state, TrainerControl())
+
+
+def test_a_sigterm_save_request_is_seen_by_the_guard(tmp_path: Path) -> None:
+    """SIGTERM asks for a checkpoint at step end; the guard must run after that request, so a bad step between
+    two sync points is never checkpointed (the Trainer's callbacks run in list order)."""
+    from transformers import Trainer
+
+    from loralab.training.termination import TerminationFlag
+    from loralab.training.trainer import build_trainer
+
+    class NoMethod:  # the Method hooks build_trainer uses
+        def build_optimizer(self, model, lr, weight_decay):  # noqa: ANN001, ANN201
+            return torch.optim.SGD(model.parameters(), lr=lr)
+
+        def callbacks(self) -> list:
+            return []
+
+    args, state, model = _setup(tmp_path)
+    flag = TerminationFlag()
+    trainer: Trainer = build_trainer(model, NoMethod(), args, [], lambda rows: {}, tmp_path / "steps.jsonl",
+                                     termination=flag)
+    names = [type(c).__name__ for c in trainer.callback_handler.callbacks]
+    assert names.index("StopOnTermination") < names.index("NonFiniteGuard")
+    guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGuard))
+    state.global_step = 3
+    _pre_step(guard, args, state, model, bad=True)  # step 4: no sync point, nothing read yet
+    state.global_step = 4
+    flag.requested = True
+    trainer.state = state
+    with pytest.raises(NonFiniteLossError, match=r"at step 4\b"):
+        trainer.callback_handler.on_step_end(args, state, TrainerControl())

@@ -30,7 +30,7 @@ from loralab.rundir import RunDir, config_hash
 from loralab.training.checkpoints import resumable_checkpoint
 from loralab.training.callbacks import StepLogCallback
 from loralab.training.diagnostics import diagnostics_callback, summarise
-from loralab.training.termination import StopOnTermination, Terminated, TerminationFlag, graceful_termination
+from loralab.training.termination import Terminated, TerminationFlag, graceful_termination
 from loralab.training.trainer import build_trainer, loss_summary, train_or_restore, training_arguments
 
 log = logging.getLogger("loralab")
@@ -125,8 +125,8 @@ def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, mod
     args = training_arguments(cfg.trainer, run_dir.checkpoints, cfg.seed, report_to, cfg.progress)
     step_log = StepLogCallback(run_dir.path / "steps.jsonl")
     diagnostics = diagnostics_callback(cfg.get("diagnostics") or {}, step_log, report_to)
-    extra_callbacks = [StopOnTermination(termination), *([diagnostics] if diagnostics else [])]
-    trainer = build_trainer(model, method, args, examples, collator, step_log, extra_callbacks=extra_callbacks)
+    trainer = build_trainer(model, method, args, examples, collator, step_log,
+                            extra_callbacks=[diagnostics] if diagnostics else (), termination=termination)
     progress.update(stage="train", trainer=trainer)
     train_output = train_or_restore(trainer, resume_from)
     if termination.requested:  # the Trainer saved a checkpoint at this step and stopped early

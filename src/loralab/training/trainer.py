@@ -14,6 +14,7 @@ from transformers.trainer_utils import TrainOutput
 
 from loralab.methods.base import Method
 from loralab.training.callbacks import NonFiniteGuard, StepLogCallback
+from loralab.training.termination import StopOnTermination, TerminationFlag
 from loralab.training.checkpoints import TRAINER_STATE, resumable_checkpoint
 
 
@@ -45,7 +46,9 @@ def build_trainer(
     collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
     step_log: Path | StepLogCallback,
     extra_callbacks: Sequence[Any] = (),
+    termination: TerminationFlag | None = None,
 ) -> Trainer:
+    """The Trainer of a run. ``termination``: stop with a checkpoint on SIGTERM (see training/termination.py)."""
     if not isinstance(step_log, StepLogCallback):
         step_log = StepLogCallback(step_log)
     optimizer = method.build_optimizer(model, lr=args.learning_rate, weight_decay=args.weight_decay)
@@ -55,7 +58,10 @@ def build_trainer(
         train_dataset=train_dataset,
         data_collator=collator,
         optimizers=(optimizer, None),
-        callbacks=[step_log, NonFiniteGuard(), *method.callbacks(), *extra_callbacks],
+        # order matters at step end: a SIGTERM's save request must be set before NonFiniteGuard looks at the
+        # flags, so that a checkpoint is never written from a step the guard has not checked
+        callbacks=[step_log, *([StopOnTermination(termination)] if termination else []), NonFiniteGuard(),
+                   *method.callbacks(), *extra_callbacks],
     )
 
 
