@@ -3,7 +3,8 @@ learning rate chosen from the same grid by the same rule.
 
 Why a grid: SDS-LoRA's default scale is s = α/√r (≈ 5.66 at r = 8, LoRA's is α/r = 2) and its gradient carries
 no singular values of the factors, so at one shared lr the two methods take steps of different effective size
-(``/work/shared/papers/sds_lora.md`` §1.8). The papers compare methods each at its tuned lr; so does this.
+(the SDS-LoRA paper states neither its s nor whether the methods share an lr). The papers compare methods
+each at its tuned lr; so does this.
 
 Protocol of ``embedded_curves`` (embedded default: ``model=tiny_lm``, ``dataset=arith_shift``, rank 8; every
 run with the same seed and data order; both methods keep their own default configs):
