@@ -1,4 +1,5 @@
 """``python run.py`` as a user types it: a short real run, skip on re-run, and the hub-only failure path."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,3 +31,13 @@ def test_paper_model_fails_only_where_weights_cannot_be_fetched(tmp_path: Path) 
     assert result.returncode == 2
     assert "meta-llama/Meta-Llama-3-8B" in message and "model.path=/local/dir" in message
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_help_describes_loralab() -> None:
+    result = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    assert "\nloralab: reproduce, compare and extend LoRA-family fine-tuning methods.\n" in "\n" + text
+    assert "python run.py -m method=lora,pissa,sds_lora rank=8,32" in text and "python -m loralab.export" in text
+    assert re.search(r"^method: .*\bsds_lora\b", text, re.M) and re.search(r"^model: .*\bllama3_8b\b", text, re.M)
+    assert "is powered by Hydra" not in text  # Hydra's generic header is gone; its own help is --hydra-help

@@ -24,7 +24,7 @@ from loralab.evaluation.checks import check_suite, check_suite_fits_model
 from loralab.evaluation.evaluator import evaluate_suite, load_suite_records
 from loralab.io import atomic_write_dir, atomic_write_json, atomic_write_text, read_json
 from loralab.methods.base import Method, count_trainable
-from loralab.models.loading import load_model
+from loralab.models.loading import load_model, model_provenance
 from loralab.provenance import git_state, hardware, package_versions, peak_memory_bytes
 from loralab.rundir import RunDir, config_hash
 from loralab.training.checkpoints import resumable_checkpoint
@@ -162,7 +162,8 @@ def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, mod
             "adapter_bytes": Path(weights).stat().st_size,
         },
         "diagnostics": summarise(diagnostics),
-        "provenance": {"git": git_state(), "packages": package_versions(), "hardware": hardware()},
+        "provenance": {"git": git_state(), "packages": package_versions(), "hardware": hardware(),
+                       "model": model_provenance(cfg.model)},
     }
     atomic_write_json(run_dir.metrics_file, metrics)
     return metrics

@@ -46,6 +46,36 @@ def resolve_source(model_cfg: DictConfig) -> str:
     raise ConfigError(f"model {model_cfg.name}: set one of model.path, model.builder or model.hub_id")
 
 
+def model_provenance(model_cfg: DictConfig) -> dict[str, Any]:
+    """Where a run's weights came from, for its provenance record.
+
+    From the hub: the hub id, the revision asked for, and the commit it resolved to in the local hub cache
+    (``refs/<revision>`` → ``snapshots/<commit>``), so ``revision: main`` still names the exact snapshot used.
+    From ``model.path``: the directory, and the commit when it is a snapshot of a hub cache. From
+    ``model.builder``: the builder (an embedded model the project builds and caches itself).
+    """
+    revision = str(model_cfg.get("revision") or "main")
+    if model_cfg.get("path"):
+        path = Path(str(model_cfg.path)).expanduser().resolve()
+        in_cache = path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--")
+        return {"source": "path", "path": str(path), "commit": path.name if in_cache else None}
+    if model_cfg.get("builder"):
+        return {"source": "builder", "builder": str(model_cfg.builder.get("_target_"))}
+    hub_id = str(model_cfg.get("hub_id"))
+    return {"source": "hub", "hub_id": hub_id, "revision": revision, "commit": cached_snapshot_commit(hub_id, revision)}
+
+
+def cached_snapshot_commit(hub_id: str, revision: str = "main") -> str | None:
+    """The commit ``revision`` of ``hub_id`` resolves to in the local hub cache (None if it is not cached)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(hub_id, "config.json", revision=revision)
+    if not isinstance(cached, str):  # None (not cached) or the "known not to exist" marker
+        return None
+    snapshot = Path(cached).parent
+    return snapshot.name if snapshot.parent.name == "snapshots" else None
+
+
 def load_model(model_cfg: DictConfig, num_labels: int | None = None) -> tuple[torch.nn.Module, Any]:
     """The pretrained model and its tokenizer (None for vision models)."""
     kind = model_cfg.kind
