@@ -1,6 +1,8 @@
-"""Write a paper-shaped table from finished runs: ours | paper | Δ per cell.
+"""Write a paper-shaped table from finished runs: ours | paper | Δ per cell, as Markdown and as an HTML report
+(the table with links to the runs, their loss curves overlaid, score against trainable parameters and step time;
+one self-contained file).
 
-    python scripts/build_table.py --experiment embedded            # → results/tables/embedded.md
+    python scripts/build_table.py --experiment embedded            # → results/tables/embedded.{md,html}
     python scripts/build_table.py --experiment sds_table2 --runs results/runs
 """
 from __future__ import annotations
@@ -13,7 +15,8 @@ from omegaconf import OmegaConf
 
 from loralab.errors import LoralabError
 from loralab.io import atomic_write_text
-from loralab.tables.build import build_from_spec
+from loralab.reports.html import render_html
+from loralab.tables.build import render_markdown, table_from_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,14 +35,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = OmegaConf.to_container(OmegaConf.load(spec_file).table)
     try:
-        table = build_from_spec(spec, args.runs, root=ROOT)
+        table = table_from_spec(spec, args.runs, root=ROOT)
     except LoralabError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    markdown = render_markdown(table)
     out = args.out_dir / f"{spec['name']}.md"
-    atomic_write_text(out, table)
-    print(table)
-    print(f"written: {out}")
+    report = out.with_suffix(".html")
+    atomic_write_text(out, markdown)
+    atomic_write_text(report, render_html(table, report))
+    print(markdown)
+    print(f"written: {out}\nreport:  {report}")
     return 0
 
 

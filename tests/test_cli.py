@@ -21,6 +21,7 @@ def test_run_py_end_to_end_then_skip(tmp_path: Path) -> None:
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "metrics.json").is_file()
     assert (run_dir / "checkpoints" / "checkpoint-4").is_dir()
+    assert (run_dir / "curves.png").is_file()
     second = _run(*SHORT, results=tmp_path)
     assert second.returncode == 0 and "already finished, skipping" in second.stderr + second.stdout
 

@@ -26,6 +26,7 @@ from loralab.io import atomic_write_dir, atomic_write_json, atomic_write_text, r
 from loralab.methods.base import Method, count_trainable
 from loralab.models.loading import load_model, model_provenance
 from loralab.provenance import git_state, hardware, package_versions, peak_memory_bytes
+from loralab.reports.curves import write_curves
 from loralab.rundir import RunDir, config_hash
 from loralab.training.checkpoints import resumable_checkpoint
 from loralab.training.callbacks import StepLogCallback
@@ -165,6 +166,7 @@ def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, mod
         "provenance": {"git": git_state(), "packages": package_versions(), "hardware": hardware(),
                        "model": model_provenance(cfg.model)},
     }
+    write_curves(run_dir.path)  # curves.png from steps.jsonl: loss, learning rate, diagnostics
     atomic_write_json(run_dir.metrics_file, metrics)
     return metrics
 

@@ -181,7 +181,51 @@ def _cell(values: list[float], smoke: bool) -> tuple[str, float | None]:
     return text + (" (smoke)" if smoke else ""), mean
 
 
-def build_table(spec: dict[str, Any], runs: list[RunResult], reference: ReferenceTable | None = None) -> str:
+@dataclass
+class Cell:
+    """One column of one row: our value (text as printed, number), the paper's, and their difference."""
+
+    ours_text: str
+    ours: float | None
+    paper: float | None
+    delta: float | None
+    flagged: bool                                    # |Δ| above the table's tolerance
+    runs: list[RunResult] = field(default_factory=list)  # the runs behind our value
+    not_applicable: bool = False
+
+    @property
+    def texts(self) -> tuple[str, str, str]:
+        """(ours, paper, Δ) as the Markdown table prints them."""
+        if self.not_applicable:
+            return "n/a", "n/a", "—"
+        delta = (f"{self.delta:+.2f}" if self.delta is not None else "—") + (" ⚠" if self.flagged else "")
+        return self.ours_text, _fmt(self.paper), delta
+
+
+@dataclass
+class Row:
+    key: dict[str, Any]
+    cells: list[Cell]
+    runs: list[RunResult]
+
+
+@dataclass
+class Table:
+    """A built table: what the Markdown and the HTML report both render."""
+
+    name: str
+    title: str
+    notes: list[str]
+    row_keys: list[str]
+    columns: list[Column]
+    rows: list[Row]
+
+    @property
+    def header(self) -> list[str]:
+        return [*self.row_keys] + [f"{c.header} {part}" for c in self.columns for part in ("ours", "paper", "Δ")]
+
+
+def tabulate(spec: dict[str, Any], runs: list[RunResult], reference: ReferenceTable | None = None) -> Table:
     row_keys: list[str] = list(spec["row_keys"])
     fields: dict[str, str] = dict(spec.get("fields") or {})
     wildcards: dict[str, Any] = dict(spec.get("wildcards") or {})
@@ -200,47 +244,47 @@ def build_table(spec: dict[str, Any], runs: list[RunResult], reference: Referenc
         return {k: run.field_value(k, fields) for k in row_keys}
 
     # (row, from_reference): reference rows match runs with null / wildcard keys as "any value"
-    rows: list[tuple[dict[str, Any], bool]] = []
+    keys: list[tuple[dict[str, Any], bool]] = []
     if reference is not None:
-        rows.extend(({k: row.get(k) for k in row_keys}, True) for row in reference.rows())
+        keys.extend(({k: row.get(k) for k in row_keys}, True) for row in reference.rows())
     for run in selected:
         key = key_of(run)
-        if not any(_row_matches(key, row, ref, wildcards) for row, ref in rows):
-            rows.append((key, False))
+        if not any(_row_matches(key, row, ref, wildcards) for row, ref in keys):
+            keys.append((key, False))
 
     def runs_of(row: dict[str, Any], ref: bool) -> list[RunResult]:
         return [r for r in selected if _row_matches(key_of(r), row, ref, wildcards)]
 
     tolerance = reference.tolerance if reference is not None else None
-    header = [*row_keys] + [f"{c.header} {part}" for c in columns for part in ("ours", "paper", "Δ")]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    flagged = 0
-    for row, ref_row in rows:
+    rows: list[Row] = []
+    for row, ref_row in keys:
         row_runs = runs_of(row, ref_row)
         smoke = any(r.smoke for r in row_runs)
-        cells = [_fmt_key(row.get(k)) for k in row_keys]
+        cells = []
         for column in columns:
             ref = reference.lookup(row, column.header) if reference is not None else None
             if ref is not None and ref.status == NOT_APPLICABLE:
-                cells += ["n/a", "n/a", "—"]
+                cells.append(Cell("n/a", None, None, None, False, not_applicable=True))
                 continue
             if column.relative_to:
                 base_runs = runs_of({**row, **column.relative_to}, ref_row)  # e.g. the LoRA row of this model
                 ours_text, ours = _relative(_column_mean(column, row_runs), _column_mean(column, base_runs), smoke)
+                used = row_runs + base_runs
             elif column.tasks is not None:
                 ours_text, ours = _task_mean(column, row_runs, smoke)
+                used = [r for r in row_runs if any(t in r.scores for t in column.eval_tasks)]
             else:
-                ours_text, ours = _cell([v for r in row_runs if (v := r.column_value(column)) is not None], smoke)
+                used = [r for r in row_runs if r.column_value(column) is not None]
+                ours_text, ours = _cell([v for r in used if (v := r.column_value(column)) is not None], smoke)
             paper = ref.value if ref is not None else None
             delta = None if ours is None or paper is None else ours - paper
             limit = reference.tolerance_for(column.header) if reference is not None else None
-            mark = " ⚠" if delta is not None and limit is not None and abs(delta) > limit else ""
-            flagged += bool(mark)
-            cells += [ours_text, _fmt(paper), (f"{delta:+.2f}" if delta is not None else "—") + mark]
-        lines.append("| " + " | ".join(cells) + " |")
+            flagged = delta is not None and limit is not None and abs(delta) > limit
+            cells.append(Cell(ours_text, ours, paper, delta, flagged, used))
+        rows.append(Row(row, cells, row_runs))
 
     title = spec.get("title") or (reference.title if reference is not None else spec["name"])
-    notes = [f"# {title}", ""]
+    notes = []
     if reference is not None:
         notes.append(f"Paper: {reference.paper}, Table {reference.table}. ⚠ marks |Δ| > {tolerance}"
                      + (" (per-column tolerances apply)." if reference.column_tolerances else "."))
@@ -249,9 +293,24 @@ def build_table(spec: dict[str, Any], runs: list[RunResult], reference: Referenc
     notes.append("Cells marked (smoke) come from shrunken CI runs and are not reproductions.")
     if spec.get("note"):
         notes.append(str(spec["note"]).strip())
-    if flagged:
-        notes.append(f"{flagged} cell(s) differ from the paper by more than the tolerance.")
-    return "\n".join(notes + [""] + lines) + "\n"
+    flagged_cells = sum(c.flagged for r in rows for c in r.cells)
+    if flagged_cells:
+        notes.append(f"{flagged_cells} cell(s) differ from the paper by more than the tolerance.")
+    return Table(spec["name"], str(title), notes, row_keys, columns, rows)
+
+
+def render_markdown(table: Table) -> str:
+    lines = ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+    for row in table.rows:
+        cells = [_fmt_key(row.key.get(k)) for k in table.row_keys]
+        for cell in row.cells:
+            cells += cell.texts
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join([f"# {table.title}", "", *table.notes, "", *lines]) + "\n"
+
+
+def build_table(spec: dict[str, Any], runs: list[RunResult], reference: ReferenceTable | None = None) -> str:
+    return render_markdown(tabulate(spec, runs, reference))
 
 
 def _column_mean(column: Column, runs: list[RunResult]) -> float | None:
@@ -295,5 +354,9 @@ def _fmt_key(value: Any) -> str:
 
 
 def build_from_spec(spec: dict[str, Any], runs_dir: Path, root: Path = Path(".")) -> str:
+    return render_markdown(table_from_spec(spec, runs_dir, root))
+
+
+def table_from_spec(spec: dict[str, Any], runs_dir: Path, root: Path = Path(".")) -> Table:
     reference = load_reference(root / spec["reference"]) if spec.get("reference") else None
-    return build_table(spec, collect_runs(runs_dir), reference)
+    return tabulate(spec, collect_runs(runs_dir), reference)
