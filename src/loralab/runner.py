@@ -28,6 +28,7 @@ from loralab.models.loading import load_model, model_provenance
 from loralab.provenance import git_state, hardware, package_versions, peak_memory_bytes
 from loralab.reports.curves import write_curves
 from loralab.rundir import RunDir, config_hash
+from loralab.tracking import track_run
 from loralab.training.checkpoints import resumable_checkpoint
 from loralab.training.callbacks import StepLogCallback
 from loralab.training.diagnostics import diagnostics_callback, summarise
@@ -90,10 +91,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mark("running", attempt=attempt, pid=os.getpid(), host=socket.gethostname())
     progress: dict[str, Any] = {}  # filled as training goes, so a failure can say where it happened
     try:
-        with graceful_termination() as termination:  # SIGTERM: checkpoint after the current step, then stop
+        # SIGTERM: checkpoint after the current step, then stop; the tracker is finished on every way out
+        with graceful_termination() as termination, track_run(cfg, run_dir.path) as tracker:
             metrics = _train_evaluate_record(cfg, run_dir, method, model, tokenizer, examples, collator,
                                              eval_records, started, trainable, total_params, attempt, progress,
                                              termination)
+            tracker.log_result(metrics)
     except BaseException as err:
         # Whatever stops a run after its directory exists is recorded there, so no run is left "running";
         # the exception still propagates (the CLI turns LoralabErrors into one line and a non-zero exit).
@@ -122,7 +125,6 @@ def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, mod
     if resume_from:
         log.info("resuming from %s", resume_from)
     report_to = list(cfg.logger.report_to)
-    _configure_wandb(cfg, run_dir.path, report_to)
     args = training_arguments(cfg.trainer, run_dir.checkpoints, cfg.seed, report_to, cfg.progress)
     step_log = StepLogCallback(run_dir.path / "steps.jsonl")
     diagnostics = diagnostics_callback(cfg.get("diagnostics") or {}, step_log, report_to)
@@ -175,17 +177,3 @@ def _headline(task_scores: dict[str, float]) -> str:
     metric = next(k for k in task_scores if not k.endswith("_stderr") and k != "n")
     return f"{metric}={task_scores[metric]:.4f} ± {task_scores[metric + '_stderr']:.4f} (n={task_scores['n']})"
 
-
-def _configure_wandb(cfg: DictConfig, run_dir: Path, report_to: list[str]) -> None:
-    """wandb logs offline unless credentials exist, so the default never needs the network."""
-    if "wandb" not in report_to:
-        return
-    has_credentials = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _netrc_text()
-    os.environ.setdefault("WANDB_MODE", "online" if has_credentials else "offline")
-    os.environ.setdefault("WANDB_PROJECT", str(cfg.logger.get("project", "loralab")))
-    os.environ.setdefault("WANDB_DIR", str(run_dir))
-
-
-def _netrc_text() -> str:
-    netrc = Path.home() / ".netrc"
-    return netrc.read_text(errors="ignore") if netrc.exists() else ""
