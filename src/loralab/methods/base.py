@@ -7,7 +7,8 @@ A method is one class (instantiated by Hydra from ``conf/method/<name>.yaml``) t
 * build its optimiser when the default AdamW over trainable parameters is not what the paper uses
   (``build_optimizer``),
 * hook into the training loop for schedules such as SDS-LoRA's basis refresh (``callbacks``),
-* write its trained weights as safetensors (``save``) and fold them into the base model (``merge``).
+* write its trained weights as safetensors (``save``), put them back on a fresh pretrained model (``load``) and
+  fold them into the base model (``merge``).
 
 The runner only talks to this interface, so adding a method never touches the runner.
 """
@@ -100,6 +101,10 @@ class Method:
     # ---------------------------------------------------------------- output
     def save(self, model: nn.Module, out_dir: Path) -> Path:
         """Write the trained weights (safetensors) to ``out_dir``; return the weights file."""
+        raise NotImplementedError
+
+    def load(self, model: nn.Module, weights_dir: Path) -> nn.Module:
+        """The pretrained ``model`` with the weights ``save`` wrote to ``weights_dir`` (what ``merge`` takes)."""
         raise NotImplementedError
 
     def merge(self, model: nn.Module) -> nn.Module:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import save_model
+from safetensors.torch import load_model, save_model
 from torch import nn
 
 from loralab.methods.base import CalibrationBatches, Method
@@ -33,6 +33,10 @@ class FullFineTuning(Method):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         save_model(model, str(path))  # handles tied weights (e.g. embeddings shared with the LM head)
         return path
+
+    def load(self, model: nn.Module, weights_dir: Path) -> nn.Module:
+        load_model(model, str(Path(weights_dir) / "model.safetensors"))
+        return model
 
     def merge(self, model: nn.Module) -> nn.Module:
         return model

@@ -54,6 +54,11 @@ class LoRA(Method):
         model.save_pretrained(str(out_dir), safe_serialization=True)
         return Path(out_dir) / "adapter_model.safetensors"
 
+    def load(self, model: nn.Module, weights_dir: Path) -> nn.Module:
+        """Every LoRA-family ``save`` writes a plain PEFT adapter on the pretrained weights (residual inits and
+        SDS-LoRA convert theirs), so vanilla PEFT puts it back."""
+        return PeftModel.from_pretrained(model, str(weights_dir))
+
     def merge(self, model: nn.Module) -> nn.Module:
         assert isinstance(model, PeftModel), "LoRA.merge expects the PeftModel returned by prepare()"
         return model.merge_and_unload()
