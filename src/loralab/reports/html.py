@@ -2,8 +2,8 @@
 
 It shows the table as the Markdown has it (ours | paper | Δ per column, ⚠ beyond the tolerance) with links from
 every cell to the run directories behind it (and their ``curves.png``), the training-loss curves of every row
-overlaid, and a Pareto view: the first score column against trainable parameters and against step time, with
-the rows that no other row beats on both axes joined by a line.
+overlaid, and a Pareto view: the first evaluation column against trainable parameters and against step time,
+with the rows that no other row beats on both axes joined by a line.
 
 Step time is the Trainer's ``train_runtime`` over the optimiser steps of the run's last training session (a
 resumed run counts only the steps after its checkpoint), so it is wall-clock time per step on the run's own
@@ -107,9 +107,10 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
 
 
 def pareto_figure(table: Table) -> Figure | None:
-    """Score (first column with a value) against trainable parameters and against step time, one point per row."""
-    column = next((i for i, c in enumerate(table.columns) if any(r.cells[i].ours is not None for r in table.rows)),
-                  None)
+    """The first evaluation column with a value against trainable parameters and against step time, one point
+    per row (tables of costs only, such as training time and memory, have no score to plot)."""
+    column = next((i for i, c in enumerate(table.columns)
+                   if c.source == "eval" and any(r.cells[i].ours is not None for r in table.rows)), None)
     if column is None:
         return None
     header = table.columns[column].header
