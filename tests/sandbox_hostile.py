@@ -93,6 +93,18 @@ def _forge(name: str, body: str) -> Hostile:
     return Hostile(name, FORGE + WRONG + body + FAILING_TESTS, plain=True)
 
 
+# Ordinary programs run in the same batch, so each mode's hostile verdicts come with proof that honest
+# programs still pass and fail as they should there: (source, status, start of the reason).
+ORDINARY = [
+    ("assert sum([1, 2]) == 3", "passed", ""),
+    ("assert 1 == 2, 'boom'", "failed", "AssertionError: boom"),
+    ("def f(:\n", "failed", "SyntaxError"),
+    ("open('s.txt', 'w').write('x')\nassert open('s.txt').read() == 'x'", "passed", ""),
+    ("import tempfile\nwith tempfile.TemporaryFile() as f:\n    f.write(b'x')", "passed", ""),
+    ("import math, hashlib, collections, itertools, re\nassert math.isclose(math.pi, 3.14159, rel_tol=1e-5)",
+     "passed", ""),
+]
+
 HOSTILE = [
     # --- processes -----------------------------------------------------------------------------------
     Hostile("fork_bomb", """import os
@@ -398,8 +410,10 @@ def run_suite(mode: str, names: list[str] | None = None) -> dict[str, object]:
            "file_mb": limits.max_file_mb}
     chosen = [h for h in HOSTILE if h.name in names] if names else [h for h in HOSTILE if mode != "plain" or h.plain]
     try:
-        verdicts = run_programs([h.source.format(**ctx, name=h.name) for h in chosen], limits, workers=4,
-                                mode=mode)  # type: ignore[arg-type]
+        sources = [h.source.format(**ctx, name=h.name) for h in chosen] + [src for src, _, _ in ORDINARY]
+        verdicts = run_programs(sources, limits, workers=4, mode=mode)  # type: ignore[arg-type]
+        ordinary = [{"source": src, "status": v.status, "reason": v.reason, "expected": [status, reason]}
+                    for (src, status, reason), v in zip(ORDINARY, verdicts[len(chosen):])]
         time.sleep(0.3)
         left = {h.name: processes_with(f"{marker}-{h.name}") for h in chosen}
         received = {k: listener.close() for k, listener in listeners.items()}
@@ -440,7 +454,8 @@ def run_suite(mode: str, names: list[str] | None = None) -> dict[str, object]:
         scan = HOSTILE[[h.name for h in HOSTILE].index("environ_scan")].source.format(**ctx, name="")
         controls["environ scan"] = subprocess.run([sys.executable, "-c", scan], capture_output=True).returncode == 0
         isolation = detect_isolation()
-        return {"uid": os.geteuid(), "detected": isolation.mode, "records": records, "host": host,
+        return {"uid": os.geteuid(), "detected": isolation.mode, "records": records, "ordinary": ordinary,
+                "host": host,
                 "controls": controls}
     finally:
         victim.kill()

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import compose
 from loralab.errors import ConfigError
-from loralab.evaluation import code_exec
+from loralab.evaluation import code_exec, sandbox
 from loralab.evaluation.code_exec import (
     humaneval_program,
     load_humaneval_problems,
@@ -19,8 +20,11 @@ from loralab.evaluation.code_exec import (
     score_humaneval,
     score_mbpp,
 )
+from loralab.evaluation.sandbox import ENV_VAR, SandboxUnavailable, detect_isolation
+from loralab.runner import run
 
 MBPP_ROWS = Path(__file__).parent / "fixtures" / "mbpp" / "rows.jsonl"
+DATA = Path(__file__).parent / "fixtures" / "data"
 # Plausible but wrong solutions to the fixture rows: each breaks at least one of the row's asserts.
 MBPP_WRONG = {
     "9001": "def digit_sum(n):\n    return len(str(n))",
@@ -49,6 +53,28 @@ def test_scoring_refuses_without_opt_in(monkeypatch: pytest.MonkeyPatch, problem
                 call(flag)
 
 
+def test_where_nothing_isolates_code_is_refused_before_anything_is_written(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path) -> None:
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("code was executed without isolation")
+
+    monkeypatch.setattr(code_exec, "run_programs", must_not_run)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no unshare(1): neither namespaces nor userns can work
+    sandbox._detect.cache_clear()
+    try:
+        with pytest.raises(SandboxUnavailable, match=f"set {ENV_VAR}=plain"):
+            score_mbpp(load_mbpp_rows(MBPP_ROWS), {}, allow_code_execution=True)
+        results = tmp_path / "results"
+        cfg = compose("dataset=code_feedback", f"dataset.train.path={DATA / 'code_feedback.jsonl'}",
+                      "eval.allow_code_execution=true", "trainer.max_steps=2", runs_dir=results)
+        with pytest.raises(SandboxUnavailable, match=f"set {ENV_VAR}=plain"):
+            run(cfg)  # refused by the suite checks, before training
+        assert not (results / "runs").exists()
+    finally:
+        sandbox._detect.cache_clear()
+
+
 def test_pass_at_1_is_the_mean_with_its_standard_error() -> None:
     p, se = pass_at_1([True, False, True, True])
     assert p == 0.75 and se == pytest.approx(math.sqrt(0.75 * 0.25 / 3))
@@ -70,7 +96,8 @@ def test_humaneval_canonical_solutions_all_pass_and_broken_ones_all_fail(problem
     canonical = {tid: p["canonical_solution"] for tid, p in problems.items()}
     good = score_humaneval(canonical, allow_code_execution=True, workers=WORKERS)
     assert (good.n, good.n_passed, good.pass_at_1, good.stderr) == (164, 164, 1.0, 0.0)
-    assert good.allow_code_execution is True and good.isolation in ("namespaces", "plain")
+    assert good.allow_code_execution is True and good.isolation == detect_isolation().mode != "plain"
+    assert {v.isolation for v in good.verdicts.values()} == {good.isolation}  # in every verdict too
     json.dumps(good.to_dict())  # the result record must be serialisable as-is
 
     # Half the completions return None, half raise: neither may pass a single problem.

