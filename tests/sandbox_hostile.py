@@ -288,8 +288,9 @@ frame = sys._getframe()
 while frame is not None:
     for scope in (frame.f_locals, frame.f_globals):
         for v in list(scope.values()):
-            if isinstance(v, (bytes, str)) and re.fullmatch(r"[0-9a-f]{{32}}", v if isinstance(v, str) else v.decode("latin-1")):
-                found.add(v if isinstance(v, bytes) else v.encode())
+            text = v.decode("latin-1") if isinstance(v, bytes) else v
+            if isinstance(text, str) and re.fullmatch(r"[0-9a-f]{{32}}", text):
+                found.add(text.encode("latin-1"))
     frame = frame.f_back
 claim(found or [b"0" * 32])
 """),
@@ -404,7 +405,8 @@ def run_suite(mode: str, names: list[str] | None = None) -> dict[str, object]:
               "audit_hook": mode == "plain"}
     limits = SandboxLimits(**{k: v for k, v in wanted.items() if k in SandboxLimits.__dataclass_fields__})
     ctx = {"marker": marker, "outside": outside, "open_dir": open_dir, "sentinel": sentinel, "repo": ROOT,
-           "victim": victim.pid, "secret_var": SECRET_VAR, "secret_hash": hashlib.sha256(f"{SECRET_VAR}={secret}".encode()).hexdigest(),
+           "victim": victim.pid, "secret_var": SECRET_VAR,
+           "secret_hash": hashlib.sha256(f"{SECRET_VAR}={secret}".encode()).hexdigest(),
            "tcp_port": listeners["tcp"].sock.getsockname()[1], "udp_port": listeners["udp"].sock.getsockname()[1],
            "unix_path": open_dir / "s.sock", "abstract": marker, "disk_mb": wanted["max_disk_mb"],
            "file_mb": limits.max_file_mb}

