@@ -325,3 +325,39 @@ def test_exported_task_gives_loralabs_verdicts_through_the_harness(case: str, tm
     logged = sorted(output["samples"][f"loralab_{case}"], key=lambda s: s["doc_id"])
     assert [bool(s["exact_match"]) for s in logged] == expected
     assert output["results"][f"loralab_{case}"]["exact_match,loralab"] == pytest.approx(sum(expected) / len(expected))
+
+
+@pytest.mark.slow
+def test_lm_eval_cli_rescores_a_finished_run_to_loralabs_number(tmp_path: Path, results_dir: Path) -> None:
+    """A tiny run on the MetaMath suite (embedded word problems written as GSM8K rows), then the ``lm_eval`` CLI
+    on its exported tasks, its base model folder and its adapter: the CLI's numbers are loralab's."""
+    import subprocess
+    import sys
+
+    from loralab.data.arithmetic import word_problems
+    from loralab.instantiate import build
+    from loralab.runner import run
+
+    gsm8k, math = tmp_path / "gsm8k.jsonl", tmp_path / "math.jsonl"
+    _write(gsm8k, [{"question": p["question"], "answer": p["solution"].split(". The answer is: ")[0] + "\n#### "
+                    + p["answer"]} for p in word_problems(n=24, split="eval", seed=0)])
+    _write(math, [{"problem": "Ann has 2 cups. Ann gets 2. How many cups now?", "solution": "2+2=\\boxed{4}",
+                   "question": "Ann has 2 cups. Ann gets 2. How many cups now?"}])
+    prompt = "${dataset.prompt_template}"  # the embedded task's own prompt, so a few steps teach the format
+    cfg = compose("eval=metamathqa", f"eval.tasks.0.data.path={gsm8k}", f"eval.tasks.1.data.path={math}",
+                  f"eval.tasks.0.prompt_template={prompt}", f"eval.tasks.1.prompt_template={prompt}",
+                  "eval.tasks.0.max_new_tokens=24", "eval.tasks.1.max_new_tokens=24", "eval.tasks.0.batch_size=8",
+                  "eval.tasks.1.batch_size=8", "trainer.max_steps=40", "trainer.learning_rate=1e-2",
+                  "trainer.save_steps=40", runs_dir=results_dir)
+    scores = run(cfg)["eval"]["tasks"]
+    assert scores["gsm8k"]["exact_match"] > 0  # a number a bare string match of the raw text would not give
+    (run_dir,) = (results_dir / "runs").iterdir()
+    cli = Path(sys.executable).with_name("lm_eval")
+    subprocess.run([str(cli), "--model", "hf", "--model_args",
+                    f"pretrained={build(cfg.model.builder)},peft={run_dir / 'adapter'}",
+                    "--include_path", str(run_dir / "lm_eval"), "--tasks", "loralab_gsm8k,loralab_math",
+                    "--batch_size", "8", "--output_path", str(tmp_path / "cli")], check=True, capture_output=True)
+    (results_file,) = (tmp_path / "cli").rglob("results_*.json")
+    results = json.loads(results_file.read_text())["results"]
+    for task in ("gsm8k", "math"):
+        assert results[f"loralab_{task}"]["exact_match,loralab"] == pytest.approx(scores[task]["exact_match"]), task
