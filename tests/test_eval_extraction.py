@@ -75,9 +75,11 @@ def test_gsm8k_stop_strings_cut_a_runaway_generation() -> None:
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("-4.", "-4"), ("+7", "7"), ("2.5", "2"), ("3.5", "4"),
-                                               ("1/0", None), ("$1,234,567 total", "1234567"), (None, None)])
+                                               ("1/0", "1"), ("$1,234,567 total", "1234"), (None, None)])
 def test_metamath_number_reading(raw: str | None, expected: str | None) -> None:
-    assert normalize_metamath_number(raw) == expected  # round-half-even, as Python's round() in MetaMath's scorer
+    # round-half-even, as Python's round() in MetaMath's scorer; one separator at most, a zero denominator
+    # reads as the numerator (eval_gsm8k.py; more cases in test_eval_references.py)
+    assert normalize_metamath_number(raw) == expected
 
 
 # ----------------------------------------------------------------------------------------------- MATH
@@ -85,28 +87,38 @@ def _math_records() -> list[dict]:
     return math_records(path=str(DATA / "math.jsonl"))  # golds: \frac{5}{6}, 4, 5\sqrt{2}, (2,1)
 
 
-MATH_CASES = [
-    (0, "Sum is 5/6. The answer is: \\frac{5}{6}", True, "math_verify"),            # correct, same form
-    (0, "The answer is: \\dfrac{5}{6}.", True, "math_verify"),                      # other LaTeX spelling
-    (0, "The answer is: 10/12", True, "math_verify"),                               # equivalent, not equal text
-    (0, "The answer is: 0.8333", False, "math_verify"),                             # close but not equal
-    (1, "x=4, so the answer is 4", False, "math_verify"),                           # malformed: no marker
-    (1, "The answer is: 3\nCheck: 2*4+3=11. The answer is: $4$", True, "math_verify"),  # last marker, $ dropped
-    (2, "The answer is: \\sqrt{50}", True, "math_verify"),                          # unsimplified but equal
-    (2, "The answer is: 5\\sqrt{3}", False, "math_verify"),                         # wrong radicand
-    (3, "The answer is: (2, 1)", True, "math_verify"),                              # tuple, other spacing
-    (3, "The answer is: (1,2)", False, "math_verify"),                              # order matters
-    (1, "The answer is: \\frac{", False, "string"),                                 # unparsable: string fallback
+MATH_CASES = [  # (row, generation, verdict under is_equiv (paper), verdict under math-verify (corrected))
+    (0, "Sum is 5/6. The answer is: \\frac{5}{6}", True, True),                  # correct, same form
+    (0, "The answer is: \\dfrac{5}{6}.", True, True),                            # other LaTeX spelling
+    (0, "The answer is: 10/12", False, True),                                     # equivalent, not equal text
+    (0, "The answer is: 0.8333", False, False),                                   # close but not equal
+    (1, "x=4, so the answer is 4", False, False),                                 # malformed: no marker
+    (1, "The answer is: 3\nCheck: 2*4+3=11. The answer is: 4", True, True),      # the last marker counts
+    (1, "The answer is: $4$", False, True),                                       # MetaMath keeps the $
+    (1, "The answer is: 4.\nNote that 7 is not a solution.", True, True),        # cut at the first ".\n"
+    (2, "The answer is: \\sqrt{50}", False, True),                                # unsimplified but equal
+    (2, "The answer is: 5\\sqrt{3}", False, False),                               # wrong radicand
+    (3, "The answer is: (2, 1)", True, True),                                     # tuple, other spacing
+    (3, "The answer is: (1,2)", False, False),                                    # order matters
 ]
 
 
-@pytest.mark.parametrize(("row", "generation", "correct", "comparison"), MATH_CASES)
-def test_math_metamath_protocol_with_math_verify(row: int, generation: str, correct: bool, comparison: str) -> None:
+@pytest.mark.parametrize(("row", "generation", "paper", "corrected"), MATH_CASES)
+def test_math_metamath_protocol_and_its_math_verify_variant(row: int, generation: str, paper: bool,
+                                                             corrected: bool) -> None:
     task = _task(("dataset=metamathqa",), "math")
-    verdicts, _, samples, extras = _verdicts(task, [_math_records()[row]], [generation])
-    assert verdicts == [correct]
-    assert samples[0]["comparison"] == comparison
-    assert extras["string_fallback"] == (comparison == "string")
+    assert task.compare == "is_equiv"
+    assert _verdicts(task, [_math_records()[row]], [generation])[0] == [paper]
+    variant = _task(("dataset=metamathqa", "eval=metamathqa_mathverify"), "math")
+    verdicts, _, samples, extras = _verdicts(variant, [_math_records()[row]], [generation])
+    assert verdicts == [corrected] and samples[0]["comparison"] == "math_verify"
+    assert extras["string_fallback"] == 0
+
+
+def test_math_verify_variant_records_its_string_fallback() -> None:
+    variant = _task(("dataset=metamathqa", "eval=metamathqa_mathverify"), "math")
+    verdicts, _, samples, extras = _verdicts(variant, [_math_records()[1]], ["The answer is: \\frac{"])
+    assert verdicts == [False] and samples[0]["comparison"] == "string" and extras["string_fallback"] == 1
 
 
 def test_math_gold_is_the_last_box_with_nested_braces() -> None:
@@ -152,9 +164,11 @@ def test_commonsense_llm_adapters_first_keyword(name: str) -> None:
 def test_commonsense_prompt_is_the_alpaca_layout_around_the_instruction() -> None:
     task = _task(("dataset=commonsense170k",), "boolq")
     prompt = build_prompt(task, {"instruction": "Q?", "input": ""})
-    assert prompt.endswith("### Instruction:\nQ?\n\n### Response:\n") and "paired with an input" not in prompt
+    assert prompt.endswith("### Instruction:\n                Q?\n\n                ### Response:\n                ")
+    assert "paired with an input" not in prompt
     with_input = build_prompt(task, {"instruction": "Q?", "input": "ctx"})
-    assert "paired with an input" in with_input and "### Input:\nctx\n\n### Response:\n" in with_input
+    assert "paired with an input" in with_input
+    assert "### Input:\n                ctx\n\n                ### Response:\n                " in with_input
 
 
 # ----------------------------------------------------------------------------------------------- code

@@ -46,8 +46,8 @@ SUITES = {
         ["dataset=metamathqa", f"dataset.train.path={DATA / 'metamathqa.jsonl'}",
          f"eval.tasks.0.data.path={DATA / 'gsm8k.jsonl'}", f"eval.tasks.1.data.path={DATA / 'math.jsonl'}",
          "eval.tasks.0.max_new_tokens=6", "eval.tasks.1.max_new_tokens=6"],
-        {"gsm8k": (_rows("gsm8k"), GENERATE), "math": (_rows("math"), GENERATE | {"comparison"})},
-        {"gsm8k": HARNESS, "math": {"string_fallback", *HARNESS}},
+        {"gsm8k": (_rows("gsm8k"), GENERATE), "math": (_rows("math"), GENERATE)},
+        {"gsm8k": HARNESS, "math": HARNESS},
     ),
     "code_feedback": (
         ["dataset=code_feedback", f"dataset.train.path={DATA / 'code_feedback.jsonl'}",

@@ -165,7 +165,7 @@ def test_code_from_the_harness_runs_only_in_the_sandbox(tmp_path: Path, monkeypa
 @pytest.mark.parametrize("override, phrase", [
     ("eval.engine=vllm", r"engine='vllm'; valid: \['lm_eval', 'native'\]"),
     ("+eval.tasks.0.engine=native", r"eval task gsm8k: engine is a suite setting"),
-    ("eval.protocol=metamath-gsm8k-math/v2", r"does not name the engine 'lm_eval'"),
+    ("eval.protocol=metamath-gsm8k-math/v3", r"does not name the engine 'lm_eval'"),
 ])
 def test_bad_engine_settings_name_the_value(override: str, phrase: str) -> None:
     with pytest.raises(ConfigError, match=phrase):

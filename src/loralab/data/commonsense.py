@@ -24,9 +24,12 @@ from loralab.errors import ConfigError, DatasetUnavailableError
 Row = dict[str, Any]
 
 
-def _options(prefix: str, texts: list[str]) -> tuple[str, str]:
-    """'Answer1: a\\n\\nAnswer2: b' and 'answer1/answer2' for a list of option texts."""
-    block = "\n\n".join(f"{prefix.capitalize()}{i + 1}: {t}" for i, t in enumerate(texts))
+def _options(prefix: str, texts: list[str], separator: str = " ") -> tuple[str, str]:
+    """'Answer1: a Answer2: b' and 'answer1/answer2' for a list of option texts.
+
+    LLM-Adapters' test files (and the Commonsense-170K training mix) join the options with one space; only
+    PIQA separates its two solutions with a blank line."""
+    block = separator.join(f"{prefix.capitalize()}{i + 1}: {t}" for i, t in enumerate(texts))
     keys = "/".join(f"{prefix}{i + 1}" for i in range(len(texts)))
     return block, keys
 
@@ -49,7 +52,7 @@ def _boolq(row: Row) -> Row:
 
 def _piqa(row: Row) -> Row:
     label = int(row["label"])
-    block, keys = _options("solution", [row["sol1"], row["sol2"]])
+    block, keys = _options("solution", [row["sol1"], row["sol2"]], separator="\n\n")
     return {
         **_generative(f"Please choose the correct solution to the question: {row['goal']}\n\n{block}\n\n"
                       f"Answer format: {keys}", f"solution{label + 1}"),
@@ -96,7 +99,7 @@ def _winogrande(row: Row) -> Row:
     block, keys = _options("option", [row["option1"], row["option2"]])
     return {
         **_generative(f"Please choose the correct answer to fill in the blank to complete the given sentence: "
-                      f"{sentence}\n\n{block}\n\nAnswer format: {keys}", f"option{answer}"),
+                      f"{sentence}\n\n{block} Answer format: {keys}", f"option{answer}"),  # no blank line
         "lm_text": answer - 1,
         "lm_choices": [sentence[:blank] + row["option1"], sentence[:blank] + row["option2"]],
         "lm_target": sentence[blank + 1:].strip(),

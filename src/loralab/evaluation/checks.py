@@ -12,10 +12,11 @@ from loralab.errors import ConfigError
 from loralab.evaluation.extraction import FALLBACKS, NORMALIZERS, OCCURRENCES
 from loralab.evaluation.metrics import CORPUS_METRICS, METRICS
 
-__all__ = ["ENGINES", "GENERATIVE_TYPES", "check_suite", "check_suite_fits_model", "require_code_opt_in",
+__all__ = ["ENGINES", "GENERATIVE_TYPES", "MATH_COMPARES", "check_suite", "check_suite_fits_model", "require_code_opt_in",
            "suite_engine"]
 
-COMPARES = ("exact", "math_verify")
+MATH_COMPARES = ("is_equiv", "math_verify")  # MATH comparators: they read the raw reference answer
+COMPARES = ("exact", *MATH_COMPARES)
 BENCHMARKS = ("humaneval", "mbpp")
 ENGINES = ("lm_eval", "native")       # who generates for generate/code tasks
 GENERATIVE_TYPES = ("generate", "code")
@@ -99,6 +100,8 @@ def check_suite(suite: DictConfig) -> None:
         _choice(task, "metric", task.get("metric"), TYPE_METRICS[task.type])
         if task.type == "generate":
             _choice(task, "normalizer", task.normalizer, list(NORMALIZERS))
+            if task.get("gold_normalizer") is not None:
+                _choice(task, "gold_normalizer", task.gold_normalizer, list(NORMALIZERS))
             _choice(task, "fallback", task.get("fallback", "last_number"), FALLBACKS)
             _choice(task, "occurrence", task.get("occurrence", "first"), OCCURRENCES)
             _choice(task, "compare", task.get("compare", "exact"), COMPARES)

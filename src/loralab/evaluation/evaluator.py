@@ -4,8 +4,10 @@ A suite is a versioned protocol (``protocol:``) and a list of tasks; a task name
 (``data._target_``), its type and the fields that type reads:
 
 ``generate``           generation; ``answer_pattern``/``occurrence``/``fallback``/``normalizer``
-                       extract the answer; ``compare: exact`` (string equality after normalising) or
-                       ``compare: math_verify`` (MATH: mathematical equivalence, string fallback recorded)
+                       extract the answer (``gold_normalizer`` reads the reference, default ``normalizer``);
+                       ``compare: exact`` (string equality after normalising), ``compare: is_equiv`` (MATH:
+                       MetaMath's string normalisation) or ``compare: math_verify`` (MATH: mathematical
+                       equivalence, string fallback recorded)
 ``code``               generation, then the program runs in the sandbox (``benchmark: humaneval|mbpp``);
                        needs the suite's opt-in ``allow_code_execution: true``
 ``lm_eval``            lm-evaluation-harness scores the in-memory model (log-likelihood multiple choice)
@@ -34,7 +36,14 @@ from tqdm.auto import tqdm
 from loralab.data.text import render, render_prompt
 from loralab.data.vision import ImageRecords
 from loralab.errors import ConfigError
-from loralab.evaluation.checks import GENERATIVE_TYPES, REQUIRED, check_suite, require_code_opt_in, suite_engine
+from loralab.evaluation.checks import (
+    GENERATIVE_TYPES,
+    MATH_COMPARES,
+    REQUIRED,
+    check_suite,
+    require_code_opt_in,
+    suite_engine,
+)
 from loralab.evaluation.extraction import (
     NORMALIZERS,
     extract_answer,
@@ -42,7 +51,7 @@ from loralab.evaluation.extraction import (
     truncate_at_stop,
 )
 from loralab.evaluation.generation import generate_greedy
-from loralab.evaluation.math_equiv import math_equal
+from loralab.evaluation.math_equiv import is_equiv, math_equal
 from loralab.evaluation.metrics import aggregate, mean_and_stderr, score
 from loralab.io import atomic_write_jsonl
 
@@ -71,27 +80,37 @@ def _generations(model: nn.Module, tokenizer: Any, task: DictConfig, prompts: li
 
 # ------------------------------------------------------------------------------------ generative answers
 def gold_answer(task: DictConfig, record: dict[str, Any]) -> str | None:
+    """The reference answer as the task compares it: read by ``gold_pattern`` (if any), then normalised by
+    ``gold_normalizer`` (default: the task's ``normalizer``); raw for the MATH comparators, which normalise
+    both sides themselves."""
     gold_text = str(record[task.answer_field])
     if task.get("gold_pattern"):  # e.g. GSM8K's reference solutions end with "#### 72"
         gold_text = extract_answer(gold_text, task.gold_pattern, fallback="none") or ""
-    if task.get("compare", "exact") == "math_verify":
+    if task.get("compare", "exact") in MATH_COMPARES:
         return gold_text.strip()
-    return NORMALIZERS[task.normalizer](gold_text)
+    return NORMALIZERS[task.get("gold_normalizer") or task.normalizer](gold_text)
+
+
+def extracted_answer(task: DictConfig, generation: str) -> str | None:
+    """The task's answer in a generation: pattern, occurrence and fallback, then its normaliser."""
+    return NORMALIZERS[task.normalizer](extract_answer(generation, task.answer_pattern,
+                                                       task.get("fallback", "last_number"),
+                                                       task.get("occurrence", "first")))
 
 
 def score_answers(task: DictConfig, records: Records, prompts: Sequence[str],
                   generations: Sequence[str]) -> TaskOutput:
     """Per-sample verdicts of a generative task from its generations (no model needed: golden tests use it)."""
-    normalize = NORMALIZERS[task.normalizer]
     compare = task.get("compare", "exact")
     samples = []
     for record, prompt, generation in zip(records, prompts, generations):
-        extracted = normalize(extract_answer(generation, task.answer_pattern, task.get("fallback", "last_number"),
-                                             task.get("occurrence", "first")))
+        extracted = extracted_answer(task, generation)
         gold = gold_answer(task, record)
         sample = {"prompt": prompt, "generation": generation, "extracted": extracted, "gold": gold}
         if compare == "math_verify":
             sample["correct"], sample["comparison"] = math_equal(extracted, gold or "")
+        elif compare == "is_equiv":
+            sample["correct"] = is_equiv(extracted, gold)
         else:
             sample["correct"] = extracted is not None and extracted == gold
         samples.append(sample)
@@ -166,15 +185,20 @@ def run_harness_generation(model: nn.Module, tokenizer: Any, tasks: Sequence[Dic
                            records: dict[str, Records], out_dir: Path) -> dict[str, TaskOutput]:
     """``generate``/``code`` tasks of an ``engine: lm_eval`` suite: lm-eval generates (one call for all of
     them), then the native engine's scorers give the verdicts."""
+    from loralab.evaluation.lm_eval_filters import AnswerFilter
     from loralab.evaluation.lm_eval_generate import GenerationJob, generate_tasks
 
     if any(t.type == "code" for t in tasks):
         require_code_opt_in(suite)  # as for native generation: no path runs code without the opt-in
     prompts = {t.name: [build_prompt(t, r) for r in records[t.name]] for t in tasks}
-    jobs = [GenerationJob(
-        name=t.name, prompts=prompts[t.name], max_new_tokens=int(t.max_new_tokens),
-        targets=[str(gold_answer(t, r) or "") if t.type == "generate" else "" for r in records[t.name]],
-        stop=[str(x) for x in t.get("stop") or []], num_beams=int(t.get("num_beams") or 1)) for t in tasks]
+    jobs = []
+    for t in tasks:
+        reading = AnswerFilter.from_task(t) if t.type == "generate" else None
+        jobs.append(GenerationJob(
+            name=t.name, prompts=prompts[t.name], max_new_tokens=int(t.max_new_tokens),
+            targets=[reading.target(gold_answer(t, r)) if reading else "" for r in records[t.name]],
+            stop=[str(x) for x in t.get("stop") or []], num_beams=int(t.get("num_beams") or 1),
+            answer_filter=reading))
     # batch size changes speed, not generations (left padding); the smallest fits every task's memory budget
     batch_size = min(int(t.batch_size) for t in tasks)
     generated = generate_tasks(model, tokenizer, jobs, Path(out_dir) / "lm_eval", batch_size)

@@ -4,7 +4,8 @@ The suite's YAML names the pattern, which match counts (``occurrence``), the fal
 the protocol lives in configuration and one code path serves all suites:
 
 * MetaMath-style outputs end with "The answer is: N"; MetaMath's own scorer reads the text after the *last*
-  such marker (``occurrence: last``) and gives no credit without one (``fallback: none``);
+  such marker (``occurrence: last``) and gives no credit without one (``fallback: none``); its GSM8K and MATH
+  readings of that text are :func:`normalize_metamath_number` and :func:`normalize_metamath_math`;
 * LLM-Adapters' commonsense scorer takes the *first* answer keyword (``true``, ``solution2``, ``answer3``,
   ``ending1``, ``option2``) anywhere in the response (``occurrence: first``), case-sensitively;
 * code suites take the first fenced Python block (:func:`extract_code`).
@@ -16,11 +17,15 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 from typing import Callable
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-# A MetaMath-style number: optional sign, digits with thousands separators, a decimal part or a fraction.
-_METAMATH_NUMBER = re.compile(r"[-+]?(?:\d[\d,]*)?\.?\d+(?:/\d+)?")
+# MetaMath's GSM8K number (eval_gsm8k.py): optional sign, digits, at most ONE of '.', ',' or '/', digits. So
+# "1,234,567" reads as 1,234 and "$1,234.56" as 1,234: the reference's quirk, kept by the paper protocol.
+_METAMATH_NUMBER = re.compile(r"[-+]?\d*[.,/]?\d+")
+# A number as written: sign, digits (thousands grouped by commas, or not), a decimal part, a denominator.
+_WRITTEN_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:/\d+)?")
 OCCURRENCES = ("first", "last")
 FALLBACKS = ("last_number", "none")
 
@@ -39,25 +44,53 @@ def normalize_number(text: str | None) -> str | None:
 
 
 def normalize_metamath_number(text: str | None) -> str | None:
-    """MetaMath's GSM8K reading of an answer: its first number, separators dropped, a/b divided, then rounded
-    to the nearest integer (GSM8K answers are integers). '3/4' → '1', '$1,234.' → '1234', 'ten' → None."""
+    """MetaMath's GSM8K reading of the text after its answer marker, quirks included: the first match of
+    sign/digits/one separator/digits, commas dropped, a/b divided (a zero denominator "0" reads as the
+    numerator), rounded half-to-even to an integer. '1,234,567' → '1234', '$1,234.56' → '1234',
+    '1.5/3' → '2' (reads 1.5), '3/4' → '1', 'ten' → None. Where MetaMath's scorer would crash (a denominator
+    such as '00') the answer counts as unreadable."""
     if text is None:
         return None
     match = _METAMATH_NUMBER.search(text)
     if match is None:
         return None
-    token = match.group(0).replace(",", "")
-    try:
-        if "/" in token:
-            numerator, denominator = token.split("/")
-            value = float(numerator) / float(denominator)
+    token = match.group(0)
+    if "/" in token:
+        numerator, denominator = token.split("/")
+        if not any(c.isdigit() for c in numerator):  # "/3", "-/3": MetaMath's is_number check fails
+            return None
+        if denominator == "0":
+            value = float(numerator)
         else:
-            value = float(token)
-    except (ValueError, ZeroDivisionError):
+            try:
+                fraction = Fraction(token)
+            except ZeroDivisionError:
+                return None
+            value = fraction.numerator / fraction.denominator
+    else:
+        value = float(token.replace(",", ""))
+        if math.isinf(value):
+            return None
+    return str(round(value))
+
+
+def normalize_exact_number(text: str | None) -> str | None:
+    """The first number as written, compared by its exact value (the corrected GSM8K reading): thousands
+    separators only in groups of three, decimals kept, a/b divided, no rounding. '1,234,567' → '1234567',
+    '2.50' → '5/2', '6/3' → '2', '$1,234.56' → '30864/25'."""
+    if text is None:
         return None
-    if not math.isfinite(value):
-        return None
-    return str(int(round(value)))
+    for match in _WRITTEN_NUMBER.finditer(text):
+        token = match.group(0)
+        if not any(c.isdigit() for c in token):
+            continue  # an empty match, or a lone sign
+        numerator, _, denominator = token.replace(",", "").partition("/")
+        try:
+            value = Fraction(numerator) / Fraction(denominator or 1)
+        except (ValueError, ZeroDivisionError):
+            return None
+        return str(value)  # "2" or "5/2": Fraction prints reduced
+    return None
 
 
 def normalize_text(text: str | None) -> str | None:
@@ -69,14 +102,21 @@ def normalize_strip(text: str | None) -> str | None:
     return None if text is None else text.strip()
 
 
-def normalize_math_answer(text: str | None) -> str | None:
-    """MetaMath's MATH reading: the marker's remainder, stripped, one trailing period and enclosing $ dropped."""
+def normalize_metamath_math(text: str | None) -> str | None:
+    """MetaMath's MATH reading (eval_math.py) of the text after its answer marker, cut before the first
+    '.\\n' — the cut belongs in the suite's ``answer_pattern`` (the raw text must be cut before it is stripped:
+    'x.\\n ' → 'x') — then stripped, one trailing period dropped. Enclosing $ stay: MetaMath's comparison
+    (is_equiv) does not remove them either."""
     if text is None:
         return None
     text = text.strip()
-    if text.endswith("."):
-        text = text[:-1].rstrip()
-    if len(text) >= 2 and text.startswith("$") and text.endswith("$"):
+    return (text[:-1] if text.endswith(".") else text).strip()
+
+
+def normalize_math_answer(text: str | None) -> str | None:
+    """:func:`normalize_metamath_math`, then enclosing $ dropped (math-verify reads the bare expression)."""
+    text = normalize_metamath_math(text)
+    if len(text or "") >= 2 and text.startswith("$") and text.endswith("$"):
         text = text.strip("$").strip()
     return text or None
 
@@ -84,8 +124,10 @@ def normalize_math_answer(text: str | None) -> str | None:
 NORMALIZERS: dict[str, Callable[[str | None], str | None]] = {
     "number": normalize_number,
     "metamath_number": normalize_metamath_number,
+    "exact_number": normalize_exact_number,
     "text": normalize_text,
     "strip": normalize_strip,
+    "metamath_math": normalize_metamath_math,
     "math": normalize_math_answer,
 }
 

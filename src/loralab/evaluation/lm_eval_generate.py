@@ -5,9 +5,10 @@ The harness decodes; loralab scores. For each task loralab writes ``<run>/lm_eva
 the gold answer as the target), and all tasks of a suite go through ONE ``simple_evaluate`` call on the
 in-memory model wrapped in ``HFLM`` (``TaskManager(include_path=<run>/lm_eval, include_defaults=False)``).
 The raw generations (``resps`` of the logged samples) are then scored by the same extraction, normalisation,
-comparison and code sandbox as the native engine, so no project code is loaded through ``!function``. The
-harness' own metric (``exact_match`` of the raw text against the gold string) is only there because a task
-needs one; it is not reported.
+comparison and code sandbox as the native engine; those verdicts are the ones reported. A ``generate`` task's
+YAML also carries loralab's answer reading as harness filters (:mod:`loralab.evaluation.lm_eval_filters`), so
+the exported task re-scores the run to the same number through the ``lm_eval`` CLI; a ``code`` task's harness
+metric stays a bare string match (the harness runs no model-written code; loralab's sandbox scores it).
 
 Generations equal the native engine's (tests/test_lm_eval_generate.py) because the harness is fed what
 :func:`loralab.evaluation.generation.generate_greedy` feeds the model:
@@ -44,6 +45,7 @@ from loralab.errors import ConfigError
 from loralab.evaluation.extraction import truncate_at_stop
 from loralab.evaluation.generation import encode_prompt
 from loralab.evaluation.lm_eval_engine import harness_version
+from loralab.evaluation.lm_eval_filters import HOOKS_MODULE, AnswerFilter, FunctionRef
 
 log = logging.getLogger(__name__)
 # config attributes that hold a model's number of positions, in the order the harness reads them
@@ -60,6 +62,7 @@ class GenerationJob:
     max_new_tokens: int
     stop: list[str] = field(default_factory=list)
     num_beams: int = 1
+    answer_filter: AnswerFilter | None = None   # generate tasks: the export's filters read the answer as loralab
 
 
 @dataclass
@@ -115,15 +118,26 @@ def _hflm_class() -> type:
     return LoralabHFLM
 
 
+class _TaskDumper(yaml.SafeDumper):
+    """Safe YAML plus the harness' ``!function`` tag."""
+
+
+_TaskDumper.add_representer(FunctionRef, lambda dumper, ref: dumper.represent_scalar("!function", str(ref)))
+
+
 def write_generate_task(work_dir: Path, task_id: str, contexts: Sequence[str], targets: Sequence[str],
-                        gen_kwargs: dict[str, Any]) -> Path:
-    """The rows as json lines and the ``generate_until`` task YAML that reads them; returns the YAML's path."""
+                        gen_kwargs: dict[str, Any], answer_filter: AnswerFilter | None = None) -> Path:
+    """The rows as json lines and the ``generate_until`` task YAML that reads them; returns the YAML's path.
+
+    With ``answer_filter`` the task carries loralab's answer reading as harness filters (and ``targets`` are
+    the references in the form they compare), so the ``lm_eval`` CLI re-scores it to loralab's number
+    (:mod:`loralab.evaluation.lm_eval_filters`); without, the harness' metric is a bare string match."""
     work_dir.mkdir(parents=True, exist_ok=True)
     docs = work_dir / "docs.jsonl"
     with open(docs, "w", encoding="utf-8") as f:
         for i, (context, target) in enumerate(zip(contexts, targets)):
             f.write(json.dumps({"doc_index": i, "lm_text": context, "lm_target": target}) + "\n")
-    config = {
+    config: dict[str, Any] = {
         "task": task_id,
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": str(docs.resolve())}},
@@ -134,12 +148,17 @@ def write_generate_task(work_dir: Path, task_id: str, contexts: Sequence[str], t
         "doc_to_target": "lm_target",
         "target_delimiter": "",
         "generation_kwargs": gen_kwargs,
-        # required by the harness; loralab's own scorer gives the verdicts
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
         "metadata": {"version": 1},
     }
+    if answer_filter is not None:
+        config["filter_list"] = answer_filter.filter_list()
+        if answer_filter.compare == "math_verify":
+            config["process_results"] = FunctionRef(f"{HOOKS_MODULE}.process_results")
+        if answer_filter.needs_hooks():
+            answer_filter.write_hooks(work_dir)
     path = work_dir / f"{task_id}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    path.write_text(yaml.dump(config, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
 
 
@@ -181,7 +200,7 @@ def generate_tasks(model: Any, tokenizer: Any, jobs: Sequence[GenerationJob], wo
         contexts = harness_contexts(tokenizer, job.prompts)
         checks[job.name] = _check_contexts(tokenizer, job, contexts, window)
         write_generate_task(Path(work_dir) / job.name, ids[job.name], contexts, job.targets,
-                            generation_kwargs(job, tokenizer.eos_token_id))
+                            generation_kwargs(job, tokenizer.eos_token_id), job.answer_filter)
     output = simple_evaluate(
         model=lm, tasks=list(ids.values()),
         task_manager=TaskManager(include_path=str(work_dir), include_defaults=False),
