@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from loralab.distributed import is_main_process
 from loralab.errors import LoralabError
 from loralab.io import atomic_write_json, read_json
 from loralab.rundir import RunDir
@@ -82,7 +83,8 @@ def run_cell(cfg: DictConfig, hydra_cfg: Any) -> None:
         interrupted = err
     # only a directory that exists is worth pointing at: checks that fail first write nothing there
     record["run_dir"] = str(run_dir.path) if run_dir is not None and run_dir.path.is_dir() else None
-    _record_cell(Path(hydra_cfg.runtime.output_dir), record, _sweep_dir)
+    if is_main_process():  # under torchrun every rank runs the cell; one records it
+        _record_cell(Path(hydra_cfg.runtime.output_dir), record, _sweep_dir)
     if interrupted is not None:
         raise interrupted
     if record["state"] == "failed" and not _in_process_launcher(hydra_cfg):
@@ -111,6 +113,8 @@ def sweep_summary(sweep_dir: Path) -> dict[str, Any]:
 
 def report_sweep(sweep_dir: Path) -> int:
     """Log a summary of the sweep; the exit status is 1 when any cell failed or was interrupted."""
+    if not is_main_process():  # the main process recorded the cells and reports them
+        return 0
     summary = sweep_summary(sweep_dir)
     atomic_write_json(sweep_dir / SWEEP_FILE, summary)
     bad = [c for c in summary["cells"] if c["state"] not in ("finished", "skipped")]

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from loralab.distributed import global_train_batch, world_size
 from loralab.io import atomic_write_json, read_json
 
 # Top-level keys that never change what a run computes.
@@ -23,10 +24,17 @@ NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "progress", "force_rerun", "dia
 STATUS_FILE = "status.json"
 
 
-def config_hash(cfg: DictConfig) -> str:
+def config_hash(cfg: DictConfig, processes: int | None = None) -> str:
+    """Hash of what the run computes: the resolved config without :data:`NON_SEMANTIC_KEYS`, plus, for a
+    multi-process run (``processes`` > 1; default: this process's world size), the number of processes and
+    the global batch. The launch is added only then, so single-process runs keep the hashes they always had."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     semantic = {k: v for k, v in resolved.items() if k not in NON_SEMANTIC_KEYS}
+    processes = world_size() if processes is None else processes
+    if processes > 1:  # per-device batch 4 on 2 processes is batch 8: another run than batch 4 alone
+        semantic["launch"] = {"world_size": processes,
+                              "global_train_batch": global_train_batch(resolved.get("trainer") or {}, processes)}
     payload = json.dumps(semantic, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
 

@@ -2,7 +2,8 @@
 
 Everything that varies between experiments is configuration (``conf/``); this file only sequences it.
 Nothing is written to the run directory until the configuration, model, method and data have been checked,
-so a bad input leaves no half-written results behind.
+so a bad input leaves no half-written results behind. Launched on several processes (``torchrun``), every
+rank trains and only the main process writes, saves and evaluates (``distributed.on_main``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from loralab.instantiate import build
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
+from loralab import distributed
 from loralab.data.build import training_examples
 from loralab.errors import ConfigError
 from loralab.evaluation.checks import check_suite, check_suite_fits_model
@@ -54,10 +56,11 @@ def check_config(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     check_config(cfg)
+    distributed.setup(cfg.trainer)  # joins the launcher's process group (torchrun); alone, nothing
     run_dir = RunDir.for_config(cfg)
-    if not cfg.force_rerun and run_dir.is_finished():
+    if not cfg.force_rerun and distributed.on_main(run_dir.is_finished):
         log.info("already finished, skipping: %s", run_dir.path)
-        return read_json(run_dir.metrics_file)
+        return distributed.on_main(read_json, run_dir.metrics_file)
     set_seed(cfg.seed)
 
     # 1. model, method, data — all checked before anything is written
@@ -80,15 +83,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainable = count_trainable(model)
 
     # 2. train (resuming from the last complete checkpoint of an interrupted run)
-    if cfg.force_rerun:
-        # a forced re-run starts from scratch, not from the old run's checkpoints; cleared only now, so a
-        # forced re-run that fails its checks leaves the previous results in place
-        run_dir.clear()
-    run_dir.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    attempt = int(run_dir.status().get("attempt", 0)) + 1
-    # pid/host let a reader tell a live run from one killed without a chance to record it (kill -9, OOM)
-    run_dir.mark("running", attempt=attempt, pid=os.getpid(), host=socket.gethostname())
+    attempt = distributed.on_main(_open_run_dir, cfg, run_dir)
     progress: dict[str, Any] = {}  # filled as training goes, so a failure can say where it happened
     try:
         # SIGTERM: checkpoint after the current step, then stop; the tracker is finished on every way out
@@ -102,15 +97,31 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # the exception still propagates (the CLI turns LoralabErrors into one line and a non-zero exit).
         state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         trainer = progress.get("trainer")
-        run_dir.mark(state, attempt=attempt, error=f"{type(err).__name__}: {err}",
-                     completed_steps=trainer.state.global_step if trainer is not None else None,
-                     stage=progress.get("stage"), resumed_from=progress.get("resumed_from"),
-                     failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if distributed.is_main_process():
+            run_dir.mark(state, attempt=attempt, error=f"{type(err).__name__}: {err}",
+                         completed_steps=trainer.state.global_step if trainer is not None else None,
+                         stage=progress.get("stage"), resumed_from=progress.get("resumed_from"),
+                         failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         raise
-    run_dir.mark("finished", attempt=attempt, resumed_from=metrics["train"]["resumed_from"])
-    log.info("finished %s: %s", run_dir.path.name,
-             {t: _headline(s) for t, s in metrics["eval"]["tasks"].items()})
+    if distributed.is_main_process():
+        run_dir.mark("finished", attempt=attempt, resumed_from=metrics["train"]["resumed_from"])
+        log.info("finished %s: %s", run_dir.path.name,
+                 {t: _headline(s) for t, s in metrics["eval"]["tasks"].items()})
     return metrics
+
+
+def _open_run_dir(cfg: DictConfig, run_dir: RunDir) -> int:
+    """Create (after a forced re-run: empty) the run directory, record the config; returns the attempt."""
+    if cfg.force_rerun:
+        # a forced re-run starts from scratch, not from the old run's checkpoints; cleared only now, so a
+        # forced re-run that fails its checks leaves the previous results in place
+        run_dir.clear()
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    attempt = int(run_dir.status().get("attempt", 0)) + 1
+    # pid/host let a reader tell a live run from one killed without a chance to record it (kill -9, OOM)
+    run_dir.mark("running", attempt=attempt, pid=os.getpid(), host=socket.gethostname())
+    return attempt
 
 
 def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, model: torch.nn.Module,
@@ -118,10 +129,8 @@ def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, mod
                            trainable: int, total_params: int, attempt: int,
                            progress: dict[str, Any], termination: TerminationFlag) -> dict[str, Any]:
     progress["stage"] = "resume"
-    resume_from, skipped = resumable_checkpoint(run_dir.checkpoints)
+    resume_from, skipped = distributed.on_main(_resume_point, run_dir, attempt)
     progress["resumed_from"] = resume_from
-    run_dir.mark("running", attempt=attempt, pid=os.getpid(), host=socket.gethostname(),
-                 resumed_from=resume_from, skipped_checkpoints=[s.describe() for s in skipped])
     if resume_from:
         log.info("resuming from %s", resume_from)
     report_to = list(cfg.logger.report_to)
@@ -136,6 +145,23 @@ def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, mod
         raise Terminated(f"received SIGTERM; stopped after step {trainer.state.global_step} and saved a "
                          "checkpoint there: run the same command again to resume")
 
+    # 3.-4. on the main process only, the other ranks waiting: save, evaluate, record
+    return distributed.on_main(_save_evaluate_record, cfg, run_dir, method, trainer, train_output, tokenizer,
+                               eval_records, started, trainable, total_params, resume_from, skipped, progress,
+                               diagnostics)
+
+
+def _resume_point(run_dir: RunDir, attempt: int) -> tuple[str | None, list[Any]]:
+    resume_from, skipped = resumable_checkpoint(run_dir.checkpoints)
+    run_dir.mark("running", attempt=attempt, pid=os.getpid(), host=socket.gethostname(),
+                 resumed_from=resume_from, skipped_checkpoints=[s.describe() for s in skipped])
+    return resume_from, skipped
+
+
+def _save_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, trainer: Any, train_output: Any,
+                          tokenizer: Any, eval_records: Any, started: float, trainable: int, total_params: int,
+                          resume_from: str | None, skipped: list[Any], progress: dict[str, Any],
+                          diagnostics: Any) -> dict[str, Any]:
     # 3. save the trained weights (swapped in whole, never half-written), then evaluate
     progress["stage"] = "save"
     weights = atomic_write_dir(run_dir.path / "adapter", lambda out: method.save(trainer.model, out))
@@ -143,11 +169,14 @@ def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, mod
     scores = evaluate_suite(trainer.model, tokenizer, cfg.eval, run_dir.path, cfg.progress, eval_records)
 
     # 4. record
+    processes = distributed.world_size()
     metrics = {
         "run": {
             "name": run_dir.path.name, "config_hash": config_hash(cfg), "model": cfg.model.name,
             "method": cfg.method.name, "rank": cfg.rank, "alpha": cfg.alpha, "dataset": cfg.dataset.name,
             "seed": cfg.seed, "smoke": bool(cfg.get("smoke", False)),
+            # processes and examples per optimiser step: runs differing in either are different runs
+            "world_size": processes, "global_train_batch": distributed.global_train_batch(cfg.trainer, processes),
         },
         "eval": {"suite": cfg.eval.name, "protocol": cfg.eval.protocol, "tasks": scores},
         "train": {

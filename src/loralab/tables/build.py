@@ -124,6 +124,16 @@ class RunResult:
             self._steps = [json.loads(line) for line in lines if line.strip()]
         return self._steps
 
+    @property
+    def global_train_batch(self) -> int | None:
+        """Examples per optimiser step over all processes (older single-process runs: from config.yaml)."""
+        if self.run.get("global_train_batch") is not None:
+            return int(self.run["global_train_batch"])
+        trainer = self.config.get("trainer") or {}
+        if "per_device_train_batch_size" not in trainer:
+            return None
+        return int(trainer["per_device_train_batch_size"]) * int(trainer.get("gradient_accumulation_steps") or 1)
+
     def field_value(self, key: str, fields: Mapping[str, str]) -> Any:
         """A row-key / filter value: a ``fields`` entry is read from config.yaml, anything else from ``run``."""
         if key in fields:
@@ -259,6 +269,7 @@ def tabulate(spec: dict[str, Any], runs: list[RunResult], reference: ReferenceTa
     rows: list[Row] = []
     for row, ref_row in keys:
         row_runs = runs_of(row, ref_row)
+        _check_one_batch(spec["name"], row, row_runs)
         smoke = any(r.smoke for r in row_runs)
         cells = []
         for column in columns:
@@ -311,6 +322,19 @@ def render_markdown(table: Table) -> str:
 
 def build_table(spec: dict[str, Any], runs: list[RunResult], reference: ReferenceTable | None = None) -> str:
     return render_markdown(tabulate(spec, runs, reference))
+
+
+def _check_one_batch(table: str, row: dict[str, Any], runs: list[RunResult]) -> None:
+    """Runs pooled in one row must train with the same global batch (e.g. not one process at per-device batch
+    4 and two processes at per-device batch 4): otherwise they are different experiments, not seeds."""
+    batches = {r.global_train_batch for r in runs}
+    if len(batches) > 1:
+        found = ", ".join(f"{r.path.name}: {r.global_train_batch} ({r.run.get('world_size', 1)} process(es))"
+                          for r in runs)
+        raise ConfigError(
+            f"table {table}: row {row} would pool runs of different global batch sizes ({found}); "
+            f"keep one, or select by it with filter: {{global_train_batch: N}}"
+        )
 
 
 def _column_mean(column: Column, runs: list[RunResult]) -> float | None:

@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from loralab.diagnostics.callback import DiagnosticsCallback
+from loralab.distributed import is_main_process
 from loralab.training.callbacks import StepLogCallback
 
 
@@ -16,6 +17,8 @@ def diagnostics_callback(cfg: DictConfig, step_log: StepLogCallback, report_to: 
         return None
 
     def sink(summary: dict[str, Any]) -> None:
+        if not is_main_process():  # one writer of steps.jsonl in a multi-process run
+            return
         step_log.write(summary)
         if "wandb" in report_to:
             import wandb
