@@ -5,12 +5,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loralab.models.hub_configs import HUB_CONFIGS, HUB_IDS
+
+#: The linear modules of one block, by the names the installed transformers gives them, per block type:
+#: (d_in, d_out) as functions of (hidden, intermediate, attention width, KV width).
+BLOCK_LINEARS = {
+    "llama": {"q_proj": ["h", "a"], "k_proj": ["h", "kv"], "v_proj": ["h", "kv"], "o_proj": ["a", "h"],
+              "gate_proj": ["h", "i"], "up_proj": ["h", "i"], "down_proj": ["i", "h"]},
+    "vit": {"q_proj": ["h", "h"], "k_proj": ["h", "h"], "v_proj": ["h", "h"], "o_proj": ["h", "h"],
+            "fc1": ["h", "i"], "fc2": ["i", "h"]},
+    # "dense" is the attention output, the intermediate and the output projection of a DeBERTa block
+    "deberta": {"query_proj": ["h", "h"], "key_proj": ["h", "h"], "value_proj": ["h", "h"],
+                "dense": ["h", "h", "h", "i", "i", "h"]},
+}
+
+
 @dataclass(frozen=True)
 class Architecture:
     """The shape of a hub model, as in its ``config.json`` (no weights needed)."""
 
     hub_id: str
-    family: str                    # decoder (LLaMA/Gemma) | encoder (ViT, DeBERTa)
+    block: str                     # llama (LLaMA/Gemma decoder) | vit | deberta: names of its linear modules
     hidden: int
     intermediate: int
     layers: int
@@ -24,6 +39,11 @@ class Architecture:
     eager_attention_terms: int = 0          # attention-score tensors saved per head per key (DeBERTa: 3)
 
     @property
+    def family(self) -> str:
+        """decoder (causal LM, no biases, RMSNorm) or encoder (biases, LayerNorm)."""
+        return "decoder" if self.block == "llama" else "encoder"
+
+    @property
     def attention_dim(self) -> int:
         return self.heads * self.head_dim
 
@@ -33,25 +53,17 @@ class Architecture:
 
     def layer_linears(self) -> dict[str, list[tuple[int, int]]]:
         """``(d_in, d_out)`` of the linear modules of one block, by PEFT module name (a name may match several)."""
-        h, i = self.hidden, self.intermediate
-        if self.family == "decoder":
-            return {"q_proj": [(h, self.attention_dim)], "k_proj": [(h, self.kv_dim)], "v_proj": [(h, self.kv_dim)],
-                    "o_proj": [(self.attention_dim, h)], "gate_proj": [(h, i)], "up_proj": [(h, i)],
-                    "down_proj": [(i, h)]}
-        attention = {name: [(h, h)] for name in ("query", "key", "value", "query_proj", "key_proj", "value_proj")}
-        # "dense" matches the attention output, the intermediate and the output projection of a BERT/ViT block
-        return {**attention, "dense": [(h, h), (h, i), (i, h)]}
+        size = {"h": self.hidden, "i": self.intermediate, "a": self.attention_dim, "kv": self.kv_dim}
+        return {name: [(size[dims[k]], size[dims[k + 1]]) for k in range(0, len(dims), 2)]
+                for name, dims in BLOCK_LINEARS[self.block].items()}
 
     def layer_params(self) -> int:
         """Parameters of one block (weights, biases, norms)."""
-        h = self.hidden
-        linears = [shape for name, shapes in self.layer_linears().items() for shape in shapes
-                   if name in (("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-                               if self.family == "decoder" else ("query", "key", "value", "dense"))]
+        linears = [shape for shapes in self.layer_linears().values() for shape in shapes]
         weights = sum(a * b for a, b in linears)
         if self.family == "decoder":
-            return weights + 2 * h                                  # no biases; two RMSNorm weights
-        return weights + sum(b for _, b in linears) + 4 * h         # biases; two LayerNorms (weight + bias)
+            return weights + 2 * self.hidden                        # no biases; two RMSNorm weights
+        return weights + sum(b for _, b in linears) + 4 * self.hidden   # biases; two LayerNorms (weight + bias)
 
     def total_params(self, num_labels: int = 0) -> int:
         embeddings = self.vocab * self.hidden
@@ -66,29 +78,34 @@ class Architecture:
         return self.layers * self.layer_params() + head
 
 
-def _vit(hub_id: str, hidden: int, intermediate: int, layers: int, heads: int) -> Architecture:
-    patches = (224 // 16) ** 2
-    # patch embedding (3·16·16 → hidden conv, with bias), [CLS], 197 learned positions, final LayerNorm
-    extra = 3 * 16 * 16 * hidden + hidden + hidden + (patches + 1) * hidden + 2 * hidden
-    return Architecture(hub_id, "encoder", hidden, intermediate, layers, heads, heads, hidden // heads,
-                        embedding_params=extra, tokens_per_example=patches + 1)
+def from_hub_config(name: str) -> Architecture:
+    """The planner's view of a paper model, from its ``config.json`` facts (:mod:`loralab.models.hub_configs`)."""
+    c = HUB_CONFIGS[name]
+    h, heads = c["hidden_size"], c["num_attention_heads"]
+    shape = dict(hidden=h, intermediate=c["intermediate_size"], layers=c["num_hidden_layers"], heads=heads)
+    if c["model_type"] in ("llama", "gemma"):
+        return Architecture(HUB_IDS[name], "llama", **shape, kv_heads=c.get("num_key_value_heads", heads),
+                            head_dim=c.get("head_dim", h // heads), vocab=c["vocab_size"],
+                            tied_embeddings=c.get("tie_word_embeddings", False))
+    if c["model_type"] == "vit":
+        patches = (c["image_size"] // c["patch_size"]) ** 2
+        # patch embedding (channels·patch² → hidden conv, with bias), [CLS], learned positions, final LayerNorm
+        extra = c["num_channels"] * c["patch_size"] ** 2 * h + h + h + (patches + 1) * h + 2 * h
+        return Architecture(HUB_IDS[name], "vit", **shape, kv_heads=heads, head_dim=h // heads,
+                            embedding_params=extra, tokens_per_example=patches + 1)
+    if c["model_type"] == "deberta-v2":
+        # embedding LayerNorm, relative-position table (2·buckets × hidden) + its LayerNorm, pooler
+        extra = 2 * h + 2 * c["position_buckets"] * h + 2 * h + c["pooler_hidden_size"] * h + c["pooler_hidden_size"]
+        return Architecture(HUB_IDS[name], "deberta", **shape, kv_heads=heads, head_dim=h // heads,
+                            vocab=c["vocab_size"], embedding_params=extra, eager_attention_terms=3)
+    raise ValueError(f"no planner shape for model_type {c['model_type']!r} ({name})")
 
 
-#: Hub models of the paper tables, dimensions from their config.json. Total parameters (no classifier):
+#: Hub models of the paper tables, from their config.json facts. Total parameters (no classifier):
 #: llama3_8b 8,030,261,248 · llama2_7b 6,738,415,616 · gemma_2b 2,506,172,416 · vit_base 85,798,656 ·
-#: vit_large 303,301,632 · deberta_v3_base 184,422,144 (asserted in tests/test_experiments.py).
-ARCHITECTURES: dict[str, Architecture] = {
-    "llama3_8b": Architecture("meta-llama/Meta-Llama-3-8B", "decoder", 4096, 14336, 32, 32, 8, 128, vocab=128256),
-    "llama2_7b": Architecture("meta-llama/Llama-2-7b-hf", "decoder", 4096, 11008, 32, 32, 32, 128, vocab=32000),
-    "gemma_2b": Architecture("google/gemma-2b", "decoder", 2048, 16384, 18, 8, 1, 256, vocab=256000,
-                             tied_embeddings=True),
-    "vit_base": _vit("google/vit-base-patch16-224-in21k", 768, 3072, 12, 12),
-    "vit_large": _vit("google/vit-large-patch16-224-in21k", 1024, 4096, 24, 16),
-    # DeBERTa-v3: embedding LayerNorm, relative-position table (2·256 × 768) + encoder LayerNorm, pooler
-    "deberta_v3_base": Architecture("microsoft/deberta-v3-base", "encoder", 768, 3072, 12, 12, 12, 64,
-                                    vocab=128100, embedding_params=2 * 768 + 512 * 768 + 2 * 768 + 768 * 768 + 768,
-                                    eager_attention_terms=3),
-}
+#: vit_large 303,301,632 · deberta_v3_base 184,422,144 (asserted against the real architectures, built on the
+#: meta device, in tests/test_architectures.py).
+ARCHITECTURES: dict[str, Architecture] = {name: from_hub_config(name) for name in HUB_CONFIGS}
 
 #: Training examples per epoch when the data config sets no ``limit`` (the data sets' published sizes).
 TRAIN_EXAMPLES: dict[str, int] = {

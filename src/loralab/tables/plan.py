@@ -139,7 +139,7 @@ def trainable_params(arch: Architecture, method: str, rank: int, targets: Iterab
     linears = arch.layer_linears()
     unknown = [t for t in targets if t not in linears]
     if unknown:
-        raise ConfigError(f"target module(s) {unknown} are not linear modules of a {arch.family} block; "
+        raise ConfigError(f"target module(s) {unknown} are not linear modules of a {arch.block} block; "
                           f"known: {sorted(linears)}")
     adapted = [shape for t in targets for shape in linears[t]]
     per_layer = sum(rank * (a + b) for a, b in adapted)
