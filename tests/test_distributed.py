@@ -16,10 +16,12 @@ from safetensors.torch import load_file
 from conftest import ROOT, compose
 from loralab import distributed
 from loralab.errors import ConfigError
+from loralab.instantiate import build
 from loralab.io import read_json
 from loralab.rundir import RunDir, config_hash
 from loralab.runner import run
 from loralab.tables.build import build_table, collect_runs
+from loralab.training.parallelism import check_launch, sharding
 
 # `python run.py` today: pinned so that no change to the run identity silently moves existing results.
 EMBEDDED_DEFAULT_HASH = "e433be6174"
@@ -74,18 +76,50 @@ def _generations(run_dir: Path) -> list[str]:
     return [json.loads(line)["generation"] for line in lines]
 
 
+def _assert_equal_to_one_process(two_run: Path, one_dir: Path, *overrides: str) -> None:
+    """The 2-process run (per-device batch 4) against the same config on one process at batch 8."""
+    assert read_json(two_run / "status.json")["state"] == "finished"
+    two = read_json(two_run / "metrics.json")
+    # two ranks trained: the process group had 2 members, and each step consumed 2 × 4 examples
+    assert (two["run"]["world_size"], two["run"]["global_train_batch"]) == (2, 8)
+    method = two["run"]["method"]
+
+    one = run(compose(*overrides, *SHRUNK, "trainer.per_device_train_batch_size=8", runs_dir=one_dir))
+    (one_run,) = list((one_dir / "runs").glob(f"tiny_lm-{method}-*"))
+    assert (one["run"]["world_size"], one["run"]["global_train_batch"]) == (1, 8)
+    assert one_run.name != two_run.name                          # same global batch, still another launch
+
+    two_losses, one_losses = _losses(two_run), _losses(one_run)
+    assert [s for s, _, _ in two_losses] == [s for s, _, _ in one_losses] == list(range(1, 13))
+    assert [e for _, e, _ in two_losses] == [e for _, e, _ in one_losses]      # same examples per step
+    # gradients are summed in another order across ranks: equal to float rounding, not bit for bit
+    assert [l for _, _, l in two_losses] == pytest.approx([l for _, _, l in one_losses], rel=1e-4), method
+    two_updates, one_updates = _updates(two_run), _updates(one_run)
+    assert two_updates.keys() == one_updates.keys()
+    # SDS-LoRA's bases are defined up to a rotation within (near-)equal singular values, which Adam's
+    # element-wise steps do not ignore: its update agrees to 1e-2, the others' to 1e-3
+    tolerance = 1e-2 if method == "sds_lora" else 1e-3
+    for key, update in one_updates.items():
+        assert (two_updates[key] - update).abs().max() <= tolerance * update.abs().max(), (method, key)
+    assert two["eval"]["tasks"] == one["eval"]["tasks"], method
+    assert _generations(two_run) == _generations(one_run), method
+
+
+def _torchrun(results: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "run.py", *args,
+         *SHRUNK, "trainer.per_device_train_batch_size=4", f"paths.results_dir={results}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one_at_the_same_global_batch(tmp_path: Path, one_compute_thread: None) -> None:
     """``torchrun --nproc_per_node 2`` over a sweep of methods (per-device batch 4) against one process at batch
     8: one run directory per cell written by the main process, the same losses, update and scores."""
     two_dir, one_dir = tmp_path / "two", tmp_path / "one"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    launch = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "run.py", "-m",
-         f"method={','.join(METHODS)}", *SHRUNK, "trainer.per_device_train_batch_size=4",
-         f"paths.results_dir={two_dir}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
+    launch = _torchrun(two_dir, "-m", f"method={','.join(METHODS)}")
     assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
     (sweep,) = list(two_dir.rglob("sweep.json"))                 # one sweep record, written by the main process
     assert read_json(sweep)["counts"] == {"finished": len(METHODS)}
@@ -93,30 +127,7 @@ def test_two_processes_equal_one_at_the_same_global_batch(tmp_path: Path, one_co
 
     for method in METHODS:
         (two_run,) = list((two_dir / "runs").glob(f"tiny_lm-{method}-*"))
-        assert read_json(two_run / "status.json")["state"] == "finished"
-        two = read_json(two_run / "metrics.json")
-        # two ranks trained: the process group had 2 members, and each step consumed 2 × 4 examples
-        assert (two["run"]["world_size"], two["run"]["global_train_batch"]) == (2, 8)
-
-        one = run(compose(f"method={method}", *SHRUNK, "trainer.per_device_train_batch_size=8", runs_dir=one_dir))
-        (one_run,) = list((one_dir / "runs").glob(f"tiny_lm-{method}-*"))
-        assert (one["run"]["world_size"], one["run"]["global_train_batch"]) == (1, 8)
-        assert one_run.name != two_run.name                      # same global batch, still another launch
-
-        two_losses, one_losses = _losses(two_run), _losses(one_run)
-        assert [s for s, _, _ in two_losses] == [s for s, _, _ in one_losses] == list(range(1, 13))
-        assert [e for _, e, _ in two_losses] == [e for _, e, _ in one_losses]      # same examples per step
-        # gradients are summed in another order across ranks: equal to float rounding, not bit for bit
-        assert [l for _, _, l in two_losses] == pytest.approx([l for _, _, l in one_losses], rel=1e-4), method
-        two_updates, one_updates = _updates(two_run), _updates(one_run)
-        assert two_updates.keys() == one_updates.keys()
-        # SDS-LoRA's bases are defined up to a rotation within (near-)equal singular values, which Adam's
-        # element-wise steps do not ignore: its update agrees to 1e-2, the others' to 1e-3
-        tolerance = 1e-2 if method == "sds_lora" else 1e-3
-        for key, update in one_updates.items():
-            assert (two_updates[key] - update).abs().max() <= tolerance * update.abs().max(), (method, key)
-        assert two["eval"]["tasks"] == one["eval"]["tasks"], method
-        assert _generations(two_run) == _generations(one_run), method
+        _assert_equal_to_one_process(two_run, one_dir, f"method={method}")
 
     # the table builder sees two launches of one global batch; a run at another global batch is refused
     runs = collect_runs(two_dir / "runs") + collect_runs(one_dir / "runs")
@@ -126,3 +137,55 @@ def test_two_processes_equal_one_at_the_same_global_batch(tmp_path: Path, one_co
     runs[1].run["global_train_batch"] = 4
     with pytest.raises(ConfigError, match="different global batch sizes"):
         build_table(spec, runs)
+
+
+@pytest.mark.slow
+def test_altlora_on_two_processes_with_its_ddp_setting(tmp_path: Path, one_compute_thread: None) -> None:
+    """AltLoRA freezes the inactive factor by switching requires_grad, which DDP does not follow: refused on
+    several processes, and equal to one process with method.freeze_inactive=false."""
+    launch = _torchrun(tmp_path / "two", "method=altlora", "method.freeze_inactive=false")
+    assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
+    (two_run,) = list((tmp_path / "two" / "runs").iterdir())
+    _assert_equal_to_one_process(two_run, tmp_path / "one", "method=altlora", "method.freeze_inactive=false")
+
+
+def test_a_setting_ddp_breaks_is_refused_before_anything_runs(results_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    altlora = build(compose("method=altlora").method, _convert_="all")
+    check_launch(altlora, {}, processes=1)
+    with pytest.raises(ConfigError, match="method.freeze_inactive=false"):
+        check_launch(altlora, {}, processes=2)
+    monkeypatch.setenv("WORLD_SIZE", "2")                    # as torchrun launches every rank
+    with pytest.raises(ConfigError, match="altlora on 2 processes"):
+        run(compose("method=altlora", runs_dir=results_dir))
+    assert not results_dir.exists()
+    check_launch(build(compose("method=altlora", "method.freeze_inactive=false").method, _convert_="all"), {})
+
+
+@pytest.mark.parametrize("method", ["lora", "sds_lora", "lora_pro"])
+@pytest.mark.parametrize("launch", ["trainer", "accelerate"])
+@pytest.mark.parametrize("sharded", ["FSDP", "DeepSpeed"])
+def test_sharded_launches_are_refused_with_the_alternative(method: str, launch: str, sharded: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    instance = build(compose(f"method={method}").method, _convert_="all")
+    if launch == "trainer":   # trainer.fsdp=full_shard / trainer.deepspeed=ds.json, passed to TrainingArguments
+        trainer = {"fsdp": "full_shard"} if sharded == "FSDP" else {"deepspeed": "ds_zero2.json"}
+    else:                     # accelerate launch --use_fsdp / --use_deepspeed tells the process by environment
+        trainer = {}
+        monkeypatch.setenv("ACCELERATE_USE_FSDP" if sharded == "FSDP" else "ACCELERATE_USE_DEEPSPEED", "true")
+    assert sharding(trainer) == sharded
+    with pytest.raises(ConfigError) as refused:
+        check_launch(instance, trainer, processes=2)
+    message = str(refused.value)
+    assert message.startswith(f"{sharded} is not supported") and "torchrun --nproc_per_node N" in message
+    assert "\n" not in message and (instance.needs_whole_factors in message)
+    assert bool(instance.needs_whole_factors) == (method != "lora")
+
+
+def test_fsdp_from_the_command_line_exits_2_with_one_line(results_dir: Path) -> None:
+    result = subprocess.run([sys.executable, "run.py", "+trainer.fsdp=full_shard", f"paths.results_dir={results_dir}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "FSDP is not supported" in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert not (results_dir / "runs").exists()

@@ -34,6 +34,7 @@ from loralab.tracking import track_run
 from loralab.training.checkpoints import resumable_checkpoint
 from loralab.training.callbacks import StepLogCallback
 from loralab.training.diagnostics import diagnostics_callback, summarise
+from loralab.training.parallelism import check_launch
 from loralab.training.termination import Terminated, TerminationFlag, graceful_termination
 from loralab.training.trainer import build_trainer, loss_summary, train_or_restore, training_arguments
 
@@ -56,6 +57,8 @@ def check_config(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     check_config(cfg)
+    method: Method = build(cfg.method, _convert_="all")
+    check_launch(method, cfg.trainer)  # FSDP/DeepSpeed, or a setting DDP breaks: refused before anything runs
     distributed.setup(cfg.trainer)  # joins the launcher's process group (torchrun); alone, nothing
     run_dir = RunDir.for_config(cfg)
     if not cfg.force_rerun and distributed.on_main(run_dir.is_finished):
@@ -66,7 +69,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # 1. model, method, data — all checked before anything is written
     num_labels = cfg.dataset.get("num_labels")
     model, tokenizer = load_model(cfg.model, num_labels=num_labels)
-    method: Method = build(cfg.method, _convert_="all")
     targets = list(cfg.method.get("target_modules") or cfg.model.target_modules)
     method.validate(model, targets)
     examples, collator = training_examples(cfg.dataset, tokenizer)

@@ -19,7 +19,7 @@ run continues the same schedule.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -146,6 +146,7 @@ class AltLoRA(LoRA):
     """LoRA (PEFT init) trained with :class:`AltLoRAOptimizer`."""
 
     name: str = "altlora"
+    needs_whole_factors: ClassVar[str] = "its optimiser preconditions with the r×r Gram matrices of whole A and B"
     variant: str = "altlora"
     beta1: float = 0.9
     beta2: float = 0.999
@@ -159,6 +160,14 @@ class AltLoRA(LoRA):
         super().validate(model, target_modules)
         check_common(0.0, (self.beta1, self.beta2), self.eps, 0.0)
         check_alt_options(self.damping, self.alter_freq, self.variant)
+
+    def multi_process_issue(self) -> str | None:
+        if not self.freeze_inactive:
+            return None
+        return ("method.freeze_inactive=true switches requires_grad every step, which DDP's gradient buckets (fixed "
+                "when it wraps the model) do not follow, so the gradient norm and the update differ from one process; "
+                "set method.freeze_inactive=false (measured equal to one process; the frozen factor's gradient is then "
+                "computed, and counted in the clipping norm, but not applied) or run on one process")
 
     def build_optimizer(self, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
         return AltLoRAOptimizer(

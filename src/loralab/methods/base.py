@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -56,6 +56,9 @@ class Method:
     # Whether the model is unchanged at step 0 (checked by the conformance tests).
     preserves_init: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    # Why the method's optimiser or callbacks need whole parameter matrices on every rank ("" if they do not):
+    # reported when a sharded launch (FSDP, DeepSpeed) is refused.
+    needs_whole_factors: ClassVar[str] = ""
 
     # ----------------------------------------------------------------- checks
     def validate(self, model: nn.Module, target_modules: list[str]) -> None:
@@ -79,6 +82,11 @@ class Method:
                     f"rank={self.rank} exceeds min(in, out)={limit} of target '{name}' "
                     f"({mod.in_features}->{mod.out_features}); valid ranks are 1..{limit}"
                 )
+
+    def multi_process_issue(self) -> str | None:
+        """Why this configuration would train differently on several DDP processes than on one at the same
+        global batch, naming the setting that works; None when it trains the same (checked before the run)."""
+        return None
 
     # --------------------------------------------------------------- building
     def prepare(

@@ -16,7 +16,7 @@ Memory: two n×m moments per adapted layer, like full fine-tuning.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -137,6 +137,7 @@ class LoRAPro(LoRA):
     """LoRA (PEFT init) trained with :class:`LoRAProAdamW`."""
 
     name: str = "lora_pro"
+    needs_whole_factors: ClassVar[str] = "its optimiser solves for the equivalent gradient from whole A and B"
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8

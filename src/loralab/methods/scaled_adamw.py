@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -224,6 +224,7 @@ class ScaledAdamWLoRA(LoRA):
     """LoRA (PEFT init) trained with :class:`ScaledAdamW`."""
 
     name: str = "scaled_adamw"
+    needs_whole_factors: ClassVar[str] = "its optimiser preconditions with the r×r Gram matrices of whole A and B"
     damping: float = 1e-6
     beta1: float = 0.9
     beta2: float = 0.999

@@ -347,6 +347,9 @@ def export_lora_adapter(model: PeftModel, out_dir: Path | str, adapter: str = "d
 @dataclass
 class SDSLoRA(LoRA):
     name: str = "sds_lora"
+    needs_whole_factors: ClassVar[str] = (
+        "its callbacks rewrite A and B in place at the end of the warm-up and orthonormalise the bases from whole "
+        "factors between steps")
     # s = alpha/sqrt(rank) ("rslora") or alpha/rank ("lora"); named scale_rule because Method.scaling is taken
     scale_rule: str = "rslora"
     warmup_steps: int = 10
