@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from loralab.distributed import is_main_process
 from loralab.errors import LoralabError
+from loralab.hydra_callbacks import SweepDirectory
 from loralab.io import atomic_write_json, read_json
 from loralab.rundir import RunDir
 from loralab.runner import run
@@ -87,14 +88,8 @@ def run_cell(cfg: DictConfig, hydra_cfg: Any) -> None:
         _record_cell(Path(hydra_cfg.runtime.output_dir), record, _sweep_dir)
     if interrupted is not None:
         raise interrupted
-    if record["state"] == "failed" and not _in_process_launcher(hydra_cfg):
-        # cells run elsewhere (SLURM, joblib): this process's summary never sees them, so let the launcher
-        # report the failure its own way (Hydra fails the sweep once every cell has run)
-        raise RuntimeError(f"sweep cell {hydra_cfg.job.num} failed: {record['error']}")
-
-
-def _in_process_launcher(hydra_cfg: Any) -> bool:
-    return str(hydra_cfg.launcher.get("_target_", "")).endswith("BasicLauncher")
+    # A failed cell is not re-raised, whatever the launcher: cells run elsewhere (SLURM, submitit_local) record
+    # themselves like in-process ones, and the launching process summarises them all (SweepDirectory).
 
 
 def _record_cell(cell_dir: Path, record: dict[str, Any], sweep_dir: Path) -> None:
@@ -135,5 +130,6 @@ if __name__ == "__main__":
         if _sweep_dir is not None:
             report_sweep(_sweep_dir)
         sys.exit(TERMINATED_EXIT_STATUS)
-    if _sweep_dir is not None:
-        sys.exit(report_sweep(_sweep_dir))
+    sweep_dir = _sweep_dir or SweepDirectory.path   # the cells ran here, or elsewhere (submitit)
+    if sweep_dir is not None:
+        sys.exit(report_sweep(sweep_dir))

@@ -189,3 +189,22 @@ def test_fsdp_from_the_command_line_exits_2_with_one_line(results_dir: Path) -> 
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "FSDP is not supported" in line]
     assert len(errors) == 1 and "Traceback" not in result.stderr
     assert not (results_dir / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_cell_under_submitit_is_summarised_like_in_process(results_dir: Path) -> None:
+    """The SLURM path without SLURM: hydra/launcher=submitit_local runs the cell in another process; a failure
+    there gives the basic launcher's summary (one line per failed cell, sweep.json, exit 1), not a traceback."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "run.py", "-m", "hydra/launcher=submitit_local", "rank=0",
+                             f"paths.results_dir={results_dir}"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output and "Error executing job" not in output
+    assert "sweep: 1 of 1 cells failed" in output
+    assert "#0 rank=0" in output and "ConfigError: rank=0 is invalid" in output
+    (sweep,) = list(results_dir.rglob("sweep.json"))
+    (cell,) = read_json(sweep)["cells"]
+    assert cell["state"] == "failed" and cell["error"].startswith("ConfigError: rank=0")
