@@ -55,7 +55,9 @@ def test_on_main_alone_is_a_plain_call() -> None:
 # Methods whose training differs from plain LoRA in what DDP touches: LoRA+'s parameter groups, LoRA-Pro's and
 # ScaledAdamW's optimisers that read whole factor pairs, SDS-LoRA's callbacks that rewrite A and B at the end
 # of the warm-up (step 10) and refresh the bases (steps 11, 12). lora: the embedded default, shrunk.
-METHODS = ("lora", "lora_plus", "lora_pro", "scaled_adamw", "sds_lora")
+# LoRA-GA: a data-driven initialisation (calibration batches); PiSSA: a residual SVD initialisation;
+# full_ft: every parameter, a full-model checkpoint.
+METHODS = ("lora", "lora_plus", "lora_pro", "scaled_adamw", "sds_lora", "lora_ga", "pissa", "full_ft")
 SHRUNK = ["trainer.max_steps=12", "trainer.warmup_steps=2", "trainer.logging_steps=1", "trainer.save_steps=6",
           "eval.tasks.0.data.n=8", "eval.engine=lm_eval", "progress=false"]
 
@@ -66,7 +68,9 @@ def _losses(run_dir: Path) -> list[tuple[int, float, float]]:
 
 
 def _updates(run_dir: Path) -> dict[str, torch.Tensor]:
-    """ΔW/s = B·A per adapted layer (SDS-LoRA's rank-2r export included), from the saved adapter."""
+    """ΔW/s = B·A per adapted layer (SDS-LoRA's rank-2r export included), or every weight of a full model."""
+    if (run_dir / "adapter" / "model.safetensors").is_file():
+        return load_file(str(run_dir / "adapter" / "model.safetensors"))
     weights = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
     return {k: weights[k.replace("lora_A", "lora_B")] @ weights[k] for k in weights if k.endswith("lora_A.weight")}
 
@@ -180,6 +184,15 @@ def test_sharded_launches_are_refused_with_the_alternative(method: str, launch: 
     assert message.startswith(f"{sharded} is not supported") and "torchrun --nproc_per_node N" in message
     assert "\n" not in message and (instance.needs_whole_factors in message)
     assert bool(instance.needs_whole_factors) == (method != "lora")
+
+
+def test_slurm_tasks_without_ranks_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    lora = build(compose("method=lora").method, _convert_="all")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")          # srun of 4 tasks (submitit tasks_per_node=4)
+    with pytest.raises(ConfigError, match="tasks_per_node=1"):
+        check_launch(lora, {})
+    monkeypatch.setenv("WORLD_SIZE", "4")                    # srun torchrun / a launcher that sets the ranks
+    check_launch(lora, {})
 
 
 def test_fsdp_from_the_command_line_exits_2_with_one_line(results_dir: Path) -> None:
