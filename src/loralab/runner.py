@@ -77,7 +77,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     total_params = sum(p.numel() for p in model.parameters())
 
     def calibration():  # a few training batches for data-driven initialisations (LoRA-GA, CorDA)
-        # the batch of one optimiser step over all processes, so N ranks initialise as one process would
+        # per-device batch × processes: N ranks initialise as one process at the same global batch would
         batch = int(cfg.trainer.per_device_train_batch_size) * distributed.world_size()
         for start in range(0, min(len(examples), batch * int(cfg.get("calibration_batches", 4))), batch):
             yield collator(examples[start:start + batch])
