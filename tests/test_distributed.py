@@ -1,6 +1,8 @@
-"""Multi-process runs: a real 2-process ``torchrun`` launch (gloo, CPU) of the entry point must give one run
-directory, recorded by the main process only, with the result of one process at the same global batch; and
-the world size is part of a run's identity without changing any single-process run's hash."""
+"""Scaling out. A real 2-process ``torchrun`` launch (gloo, CPU) of the entry point gives one run directory,
+recorded by the main process only, with the result of one process at the same global batch; the world size is
+part of a run's identity without changing any single-process run's hash; launches a method cannot run under
+(FSDP, DeepSpeed, a setting DDP breaks, SLURM tasks without ranks) are refused before anything runs; and a cell
+that fails under the submitit launcher is summarised as under the in-process one."""
 from __future__ import annotations
 
 import json
