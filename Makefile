@@ -73,7 +73,10 @@ $(addprefix plan-,$(PAPER_TABLES)): plan-%: install
 reproduce-rank-params: install
 	$(PY) scripts/rank_params_table.py --out-dir $(RESULTS)/tables
 
-# Per-method step time / memory / FLOPs and the framework tax (results/bench/); CUDA shapes when a GPU is visible
+# Per-method step time / memory / FLOPs and the framework tax, then evaluation decoding (reference vs per-row
+# stopping), into results/bench/; CUDA shapes when a GPU is visible. BENCH_ARGS goes to the overhead benchmark:
+#   make bench BENCH_ARGS="--shape llama3_8b"     1 decoder layer at LLaMA3-8B's real width (CPU: minutes)
 .PHONY: bench
 bench: install
-	$(PY) scripts/bench_overhead.py
+	$(PY) scripts/bench_overhead.py $(BENCH_ARGS)
+	$(PY) scripts/bench_decoding.py
