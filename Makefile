@@ -80,3 +80,10 @@ reproduce-rank-params: install
 bench: install
 	$(PY) scripts/bench_overhead.py $(BENCH_ARGS)
 	$(PY) scripts/bench_decoding.py
+
+# One prepared GPU check (≤ 8 min on one H100): CUDA-marked tests, LoRA vs SDS-LoRA at LLaMA3-8B layer shapes in
+# bf16 beside Table 6, the refresh kernels, decoding throughput -> results/bench/gpu-check.{json,md}.
+# DRY_RUN=1: the same script on the CPU with tiny shapes (~1 min; the test suite runs it) -> gpu-check-dry-run.*
+.PHONY: gpu-check
+gpu-check: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) scripts/gpu_check.py $(if $(filter 1,$(DRY_RUN)),--dry-run)
