@@ -89,3 +89,16 @@ def test_bad_rounds_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtu
         sys.path.pop(0)
     assert bench_decoding.main(["--preset", "tiny", "--rounds", "0", "--out-dir", str(tmp_path)]) == 2
     assert "--rounds=0" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.usefixtures("one_compute_thread")
+def test_replay_of_a_batch_without_pads() -> None:
+    """Prompts of one length: the prompt's pass comes without an attention mask."""
+    tokenizer = char_tokenizer(ALPHABET)
+    model = tiny_llama(vocab_size=len(tokenizer), seed=1).eval()
+    prompts = ["1+1=", "2+2="]
+    scripts = {tuple(encode_prompt(tokenizer, p)): tokenizer(s, add_special_tokens=False)["input_ids"]
+               for p, s in zip(prompts, ["2", "4"])}
+    replay = Replay(model, scripts, tokenizer.eos_token_id)
+    assert generate_greedy(model, tokenizer, prompts, 4, batch_size=2, progress=False) == ["2", "4"]
+    replay.handle.remove()

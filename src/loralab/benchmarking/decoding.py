@@ -118,7 +118,8 @@ class Replay:
     def _force(self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
         ids = kwargs["input_ids"]
         if ids.shape[1] > 1:  # the prompt's pass (later passes feed one token per row)
-            mask = kwargs["attention_mask"].bool()
+            mask = kwargs.get("attention_mask")  # Transformers drops an all-ones mask (a batch without pads)
+            mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
             self.rows = [self.scripts[tuple(row[keep].tolist())] for row, keep in zip(ids, mask)]
             self.position = 0
         wanted = [s[self.position] if self.position < len(s) else self.eos for s in self.rows]

@@ -125,7 +125,7 @@ def _hflm_class() -> type:
             # docstring says why); the rest is HFLM's call: no temperature, its autocast, pad id and cache
             generation_kwargs.pop("temperature", None)
             criteria = StoppingCriteriaList([StopAtStrings(self.tokenizer, stop, context.shape[1])])
-            dtype = self.mixed_precision_dtype
+            dtype = getattr(self, "mixed_precision_dtype", None)  # HFLM option absent from older lm-eval releases
             with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None):
                 return self.model.generate(input_ids=context, max_length=max_length, stopping_criteria=criteria,
                                            pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
