@@ -82,7 +82,17 @@ $(addprefix plan-,$(PAPER_TABLES)): plan-%: install
 reproduce-rank-params: install
 	$(PY) scripts/rank_params_table.py --out-dir $(RESULTS)/tables
 
-# Per-method step time / memory / FLOPs and the framework tax (results/bench/); CUDA shapes when a GPU is visible
+# Per-method step time / memory / FLOPs and the framework tax, then evaluation decoding (reference vs per-row
+# stopping), into results/bench/; CUDA shapes when a GPU is visible. BENCH_ARGS goes to the overhead benchmark:
+#   make bench BENCH_ARGS="--shape llama3_8b"     1 decoder layer at LLaMA3-8B's real width (CPU: minutes)
 .PHONY: bench
 bench: install
-	$(PY) scripts/bench_overhead.py
+	$(PY) scripts/bench_overhead.py $(BENCH_ARGS)
+	$(PY) scripts/bench_decoding.py
+
+# One prepared GPU check (≤ 8 min on one H100): CUDA-marked tests, LoRA vs SDS-LoRA at LLaMA3-8B layer shapes in
+# bf16 beside Table 6, the refresh kernels, decoding throughput -> results/bench/gpu-check.{json,md}.
+# DRY_RUN=1: the same script on the CPU with tiny shapes (~1 min; the test suite runs it) -> gpu-check-dry-run.*
+.PHONY: gpu-check
+gpu-check: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) scripts/gpu_check.py $(if $(filter 1,$(DRY_RUN)),--dry-run)

@@ -4,6 +4,7 @@
     python scripts/bench_overhead.py --device cuda           # LLaMA3-8B layer shapes, 4 layers, bf16 autocast
     python scripts/bench_overhead.py --methods lora,sds_lora --steps 30 --layers 8
     python scripts/bench_overhead.py --methods all           # every conf/method/*.yaml
+    python scripts/bench_overhead.py --shape llama3_8b       # 1 decoder layer at LLaMA3-8B's real width (2: --layers 2)
 
 Writes results/bench/overhead-<device>.json and .md (atomically). What each number means is in the docstrings
 of loralab.benchmarking.overhead (what is measured), .timing (timing protocol), .flops (the FLOP model) and
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from loralab.benchmarking.config import cpu_default, cuda_default, tiny
+from loralab.benchmarking.config import SHAPES, cpu_default, cuda_default, tiny
 from loralab.benchmarking.overhead import run_benchmark
 from loralab.benchmarking.report import write_report
 from loralab.benchmarking.trainees import method_names
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: cuda when available (preset cuda), else cpu (preset cpu)")
     parser.add_argument("--preset", choices=("cpu", "cuda", "tiny"), default=None,
                         help="shape and step counts; default follows --device")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default=None,
+                        help="a paper model's real layer shapes (LoRA vs SDS-LoRA, 1 layer unless --layers); "
+                             "replaces --preset")
     for name in SHAPE_FIELDS:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"override the preset's {name}")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
@@ -61,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.shape and args.preset:
+        print(f"error: --shape {args.shape} and --preset {args.preset}: give one of them", file=sys.stderr)
+        return 2
     preset = args.preset or ("cuda" if device == "cuda" else "cpu")
-    cfg = {"cpu": cpu_default, "cuda": cuda_default, "tiny": tiny}[preset]()
+    cfg = SHAPES[args.shape]() if args.shape else {"cpu": cpu_default, "cuda": cuda_default, "tiny": tiny}[preset]()
     cfg = replace(cfg, device=device, flop_count=args.flop_count)
     if device == "cuda" and args.dtype is None:
         cfg = replace(cfg, dtype="bfloat16")

@@ -261,3 +261,38 @@ def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path: Path, capsys: pyte
     assert bench_overhead.main(["--device", "cuda", "--out-dir", str(tmp_path)]) == 2
     assert "torch.cuda.is_available() is False" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_llama3_8b_shape_option_on_tiny_shapes(tmp_path: Path) -> None:
+    """``--shape llama3_8b`` (here with its shapes overridden small): LoRA vs SDS-LoRA only, the real-width block
+    with the measured memory beside the formula and the paper's Table 6 ratios, its own report files."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_overhead
+    finally:
+        sys.path.pop(0)
+    from loralab.benchmarking.config import llama3_8b_layers, paper_table6_ratios
+
+    real = llama3_8b_layers()
+    assert (real.shape.hidden, real.shape.intermediate, real.shape.heads, real.shape.kv_heads, real.rank) == (
+        4096, 14336, 32, 8, 32)
+    assert real.shape.layers == 1 and llama3_8b_layers(2).shape.layers == 2 and real.dtype == "float32"
+    paper = paper_table6_ratios()
+    assert paper["metamathqa"]["time"] == pytest.approx(1.68 / 1.61) and paper["code_feedback"]["time"] == \
+        pytest.approx(1.81 / 1.72)
+    assert paper["metamathqa"]["memory"] == pytest.approx(129.16 / 128.54)
+    shape = ["--hidden", "64", "--intermediate", "160", "--heads", "4", "--kv-heads", "2", "--vocab", "96", "--seq", "16"]
+    rc = bench_overhead.main(["--shape", "llama3_8b", "--device", "cpu", *shape, "--rank", "4", "--steps", "2",
+                              "--refresh-kernel-rounds", "1", "--out-dir", str(tmp_path)])
+    assert rc == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overhead-cpu-llama3_8b.json", "overhead-cpu-llama3_8b.md"]
+    report = json.loads((tmp_path / "overhead-cpu-llama3_8b.json").read_text())
+    assert set(report["methods"]) == {"lora", "sds_lora"} and report["framework_tax"] == {}
+    rw = report["real_width"]
+    assert rw["real_shapes"] is False and rw["layers"] == 1 and rw["paper_table6"] == paper
+    layers = len(tiny().targets)  # one decoder layer: a 1-byte sds_on flag per adapted module beyond the formula
+    assert rw["measured_extra_bytes"] == rw["formula_extra_bytes"] + layers
+    assert rw["memory_accounted_ratio"] > 1.0 and rw["time_ratio_paired"]["n"] == 2
+    md = (tmp_path / "overhead-cpu-llama3_8b.md").read_text()
+    assert "NOT LLaMA3-8B's width" in md and "Table 6" in md
+    assert bench_overhead.main(["--shape", "llama3_8b", "--preset", "tiny", "--out-dir", str(tmp_path / "x")]) == 2

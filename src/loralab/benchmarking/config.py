@@ -20,6 +20,7 @@ INIT_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 SDS_FAMILY = ("sds_lora", "sds_ortho")
 PAPER_LORA_PEAK_BYTES = int(128.54e9)  # sds_lora.md §5.6, MetaMathQA row (GB read as 10^9 bytes)
+PAPER_TABLE6 = ROOT / "results" / "paper" / "sds_table6.yaml"
 LLAMA3_8B = LlamaShape(hidden=4096, intermediate=14336, heads=32, kv_heads=8, layers=32, vocab=128256, seq=512,
                        batch=4)
 
@@ -46,6 +47,7 @@ class BenchConfig:
     seed: int = 0
     threads: int | None = None      # torch.set_num_threads on CPU (None: leave torch's default)
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    label: str = ""                 # names the report files (overhead-<device>[-<label>].json)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -59,6 +61,27 @@ class BenchConfig:
         d = asdict(self)
         d["shape"] = asdict(self.shape)
         return d
+
+
+def paper_table6_ratios(path: Path = PAPER_TABLE6) -> dict[str, dict[str, float]]:
+    """SDS/LoRA wall-time (extra + main time) and peak-memory ratios of SDS-LoRA Table 6, per data set, read from
+    the reference file (LLaMA3-8B, one H200)."""
+    from loralab.tables.reference import load_reference
+
+    table = load_reference(path)
+
+    def value(method: str, dataset: str, column: str) -> float:
+        cell = table.lookup({"model": "llama3_8b", "method": method, "dataset": dataset}, column)
+        if cell is None or cell.value is None:
+            raise ValueError(f"{path}: no value for {method}/{dataset}/{column!r}")
+        return float(cell.value)
+
+    out = {}
+    for dataset in ("metamathqa", "code_feedback"):
+        sds_time = value("sds_lora", dataset, "Extra time (h)") + value("sds_lora", dataset, "Main time (h)")
+        out[dataset] = {"time": sds_time / value("lora", dataset, "Main time (h)"),
+                        "memory": value("sds_lora", dataset, "Memory (GB)") / value("lora", dataset, "Memory (GB)")}
+    return out
 
 
 def config_from_dict(d: dict[str, Any]) -> BenchConfig:
@@ -82,6 +105,20 @@ def cuda_default() -> BenchConfig:
     shape = LlamaShape(hidden=4096, intermediate=14336, heads=32, kv_heads=8, layers=4, vocab=128256, seq=512,
                        batch=4)
     return BenchConfig(shape=shape, device="cuda", dtype="bfloat16", steps=20, warmup=3, tax_steps=20)
+
+
+def llama3_8b_layers(layers: int = 1) -> BenchConfig:
+    """LLaMA3-8B's real layer shapes (hidden 4096, MLP 14336, GQA 32/8 heads), rank 32, LoRA and SDS-LoRA, on the
+    CPU in fp32: the ratios at the width the paper trains, where r(m+n)/(mn) is 4× smaller than at hidden 1024.
+    The vocabulary is cut to 2048: the real head (128,256 × 4096) would be most of a 1–2-layer model's step and
+    memory; batch 1 × 128 keeps a step to seconds on one core."""
+    shape = LlamaShape(hidden=4096, intermediate=14336, heads=32, kv_heads=8, layers=layers, vocab=2048, seq=128,
+                       batch=1)
+    return BenchConfig(shape=shape, methods=("lora", "sds_lora"), steps=6, warmup=1, tax_methods=(), threads=1,
+                       refresh_kernel_rounds=3, label="llama3_8b")
+
+
+SHAPES = {"llama3_8b": llama3_8b_layers}
 
 
 def tiny() -> BenchConfig:

@@ -31,7 +31,8 @@ from typing import Any, Callable
 import torch
 
 from loralab.benchmarking import memory as mem
-from loralab.benchmarking.config import LLAMA3_8B, PAPER_LORA_PEAK_BYTES, SDS_FAMILY, BenchConfig
+from loralab.benchmarking.config import (LLAMA3_8B, PAPER_LORA_PEAK_BYTES, SDS_FAMILY, BenchConfig,
+                                         paper_table6_ratios)
 from loralab.benchmarking.flops import adapted_layers, refresh_flops, step_flops, supports
 from loralab.benchmarking.refresh import compare_refresh_kernels
 from loralab.benchmarking.report import add_ratios, evaluate_targets, machine
@@ -106,6 +107,28 @@ def _sds_memory_model(cfg: BenchConfig, results: dict[str, Any]) -> dict[str, An
         model["this_run"]["measured_accounted_difference"] = (results["sds_lora"]["memory_accounted"]["total"]
                                                               - results["lora"]["memory_accounted"]["total"])
     return model
+
+
+def _real_width(cfg: BenchConfig, results: dict[str, Any], memory_model: dict[str, Any]) -> dict[str, Any] | None:
+    """At LLaMA3-8B's layer shapes (``--shape llama3_8b``, or any run with those shapes): SDS/LoRA measured beside
+    the FLOP model, the memory formula and the paper's Table 6 ratios; None otherwise."""
+    s, ref = cfg.shape, LLAMA3_8B
+    real = (s.hidden, s.intermediate, s.heads, s.kv_heads) == (ref.hidden, ref.intermediate, ref.heads, ref.kv_heads)
+    if not (real or cfg.label == "llama3_8b") or "sds_lora" not in results:
+        return None
+    sds, run = results["sds_lora"], memory_model["this_run"]
+    return {
+        "real_shapes": real,
+        "layers": s.layers,
+        "time_ratio_paired": sds["paired_time_ratio_to_lora"],
+        "flop_model_ratio": sds.get("flop_model_ratio_to_lora"),
+        "memory_accounted_ratio": sds.get("memory_accounted_ratio_to_lora"),
+        "memory_cuda_peak_ratio": sds.get("memory_cuda_peak_ratio_to_lora"),
+        "measured_extra_bytes": run.get("measured_accounted_difference"),
+        "formula_extra_bytes": run["total"],
+        "projection_llama3_8b_bf16": memory_model["llama3_8b_bf16"],
+        "paper_table6": paper_table6_ratios(),
+    }
 
 
 def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -192,5 +215,6 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
         "sds_memory_model": _sds_memory_model(cfg, results),
     }
     add_ratios(report)
+    report["real_width"] = _real_width(cfg, results, report["sds_memory_model"])
     report["targets"] = evaluate_targets(report)
     return report

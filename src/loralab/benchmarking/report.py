@@ -165,6 +165,7 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{_mb(run['measured_accounted_difference'])} MiB. At LLaMA3-8B, 32 layers, bf16 autocast, batch "
                   f"4 × 512: {big['total'] / 1e9:.3f} GB = {big['fraction_of_paper_lora_peak'] * 100:.2f} % of the "
                   f"paper's 128.54 GB LoRA peak (paper: +0.62 GB, +0.48 %)."]
+    lines += real_width_lines(report)
     fm = report["flop_model_llama3_8b"]
     lines += ["", f"FLOP model at full LLaMA3-8B (32 layers, batch 4 × 512, rank {cfg['rank']}): SDS/LoRA step "
               f"overhead lower bound {fm['sds_lora_overhead'] * 100:.2f} % (paper, H200 wall time: +4.35 % / +5.23 %).",
@@ -181,10 +182,38 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def real_width_lines(report: dict[str, Any]) -> list[str]:
+    """The real-width paragraph (LLaMA3-8B layer shapes): measured ratios beside the formula and Table 6."""
+    rw = report.get("real_width")
+    if not rw:
+        return []
+    cfg, paper = report["config"], rw["paper_table6"]
+    time = rw["time_ratio_paired"]
+    peak = rw.get("memory_cuda_peak_ratio")
+    big = rw["projection_llama3_8b_bf16"]
+    s = cfg["shape"]
+    where = ("LLaMA3-8B's real layer width" if rw["real_shapes"] else
+             "the llama3_8b preset with overridden shapes (NOT LLaMA3-8B's width)")
+    return ["", f"**At {where}** (hidden {s['hidden']}, MLP {s['intermediate']}, {s['heads']}/{s['kv_heads']} heads, "
+            f"rank {cfg['rank']}, {rw['layers']} layer(s), {cfg['device']} {cfg['dtype']}): "
+            f"SDS/LoRA step time {_x(time.get('median'))} (paired, p25–p75 {_x(time.get('p25'))}–"
+            f"{_x(time.get('p75'))}) against the FLOP model's {_x(rw['flop_model_ratio'], 4)} for these layers; "
+            f"memory (accounted) {_x(rw['memory_accounted_ratio'], 4)}"
+            + (f", allocator peak {_x(peak, 4)}" if peak is not None else "")
+            + f". SDS's extra memory measured {_mb(rw['measured_extra_bytes'])} MiB, by formula "
+            f"{_mb(rw['formula_extra_bytes'])} MiB (plus a 1-byte flag per adapted module). The formula projected to "
+            f"the full model (32 layers, bf16 autocast): +{big['total'] / 1e9:.3f} GB = "
+            f"{big['fraction_of_paper_lora_peak'] * 100:.2f} % of the paper's LoRA peak. Paper, Table 6 (H200, whole "
+            f"runs): time × {paper['metamathqa']['time']:.4f} / {paper['code_feedback']['time']:.4f}, memory × "
+            f"{paper['metamathqa']['memory']:.4f} / {paper['code_feedback']['memory']:.4f} (MetaMathQA / "
+            f"Code-Feedback). The ratios here are of {rw['layers']} layer(s) with a {s['vocab']}-token head: most of "
+            "the frozen model, the head and the activations that dilute SDS's share in a full run are absent."]
+
+
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """Write ``overhead-<device>.json`` and ``.md`` into ``out_dir`` (atomically); returns both paths."""
+    """Write ``overhead-<device>[-<label>].json`` and ``.md`` into ``out_dir`` (atomically); returns both paths."""
     out_dir = Path(out_dir)
-    tag = f"{report['config']['device']}"
+    tag = report["config"]["device"] + (f"-{report['config']['label']}" if report["config"].get("label") else "")
     json_path, md_path = out_dir / f"overhead-{tag}.json", out_dir / f"overhead-{tag}.md"
     atomic_write_json(json_path, report)
     atomic_write_text(md_path, markdown(report))

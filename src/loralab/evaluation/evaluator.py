@@ -44,12 +44,7 @@ from loralab.evaluation.checks import (
     require_code_opt_in,
     suite_engine,
 )
-from loralab.evaluation.extraction import (
-    NORMALIZERS,
-    extract_answer,
-    extract_code,
-    truncate_at_stop,
-)
+from loralab.evaluation.extraction import NORMALIZERS, extract_answer, extract_code
 from loralab.evaluation.generation import generate_greedy
 from loralab.evaluation.math_equiv import is_equiv, math_equal
 from loralab.evaluation.metrics import aggregate, mean_and_stderr, score
@@ -72,10 +67,10 @@ def build_prompt(task: DictConfig, record: dict[str, Any]) -> str:
 
 
 def _generations(model: nn.Module, tokenizer: Any, task: DictConfig, prompts: list[str], progress: bool) -> list[str]:
-    raw = generate_greedy(model, tokenizer, prompts, int(task.max_new_tokens), int(task.batch_size), progress,
-                          num_beams=int(task.get("num_beams") or 1))
-    # Stop strings cut the text where a stopping decoder (MetaMath's vLLM stop list) would have ended it.
-    return [truncate_at_stop(g, list(task.get("stop") or [])) for g in raw]
+    # Stop strings cut the text where a stopping decoder (MetaMath's vLLM stop list) would have ended it; greedy
+    # decoding also ends each sequence there (loralab.evaluation.generation)
+    return generate_greedy(model, tokenizer, prompts, int(task.max_new_tokens), int(task.batch_size), progress,
+                           num_beams=int(task.get("num_beams") or 1), stop=[str(s) for s in task.get("stop") or []])
 
 
 # ------------------------------------------------------------------------------------ generative answers

@@ -19,12 +19,18 @@ Generations equal the native engine's (tests/test_lm_eval_generate.py) because t
   BOS id. Every context is checked against the native encoding (a mismatch is warned about and counted);
 * the same decoding: ``do_sample: false``, the task's ``num_beams``, ``max_gen_toks`` = ``max_new_tokens``,
   the tokenizer's EOS, left padding with an attention mask (HFLM pads left for generation);
-* the same stop handling: the text is cut before the earliest stop string. With beam search the harness
-  gets no stop strings and its stopping criteria are switched off (:func:`_hflm_class`): they keep one flag
-  per prompt but are called on the beam-expanded batch, and always include the EOS string, so they end the
-  beams early and differently for different batch sizes (measured on the embedded model). The beams then run
-  as Transformers' own beam search does natively (to ``max_new_tokens`` or until every beam has ended with EOS)
-  and loralab cuts the text.
+* the same stop handling: the text is cut before the earliest stop string, and greedy rows stop decoding there.
+  lm-eval's own criteria (``MultiTokenEOSCriteria``, one per stop string, the EOS string added) keep a flag per
+  row but answer for the whole batch: the batch ends once every row has shown *the same* stop string, and until
+  then rows that have stopped keep decoding (a row at "Response" and one at EOS end nothing). The HFLM here
+  (:func:`_hflm_class`) passes the native engine's per-row criterion instead
+  (:class:`~loralab.evaluation.generation.StopAtStrings`): each row ends at its own stop string, the batch when
+  all have ended; the text is the same, the steps fewer. The harness already batches by length (its
+  ``Collator`` sorts contexts longest first). With beam search the harness gets no stop strings and its
+  stopping criteria are switched off: they keep one flag per prompt but are called on the beam-expanded batch,
+  and always include the EOS string, so they end the beams early and differently for different batch sizes
+  (measured on the embedded model). The beams then run as Transformers' own beam search does natively (to
+  ``max_new_tokens`` or until every beam has ended with EOS) and loralab cuts the text.
 
 One documented difference: HFLM keeps only the last ``max_length - max_new_tokens`` tokens of a context, where
 ``max_length`` is the model's real number of positions; the native engine never cuts a prompt. A prompt that
@@ -43,7 +49,7 @@ import yaml
 
 from loralab.errors import ConfigError
 from loralab.evaluation.extraction import truncate_at_stop
-from loralab.evaluation.generation import encode_prompt
+from loralab.evaluation.generation import StopAtStrings, encode_prompt
 from loralab.evaluation.lm_eval_engine import harness_version
 from loralab.evaluation.lm_eval_filters import HOOKS_MODULE, AnswerFilter, FunctionRef
 
@@ -105,15 +111,25 @@ def generation_kwargs(job: GenerationJob, eos_token_id: int | None) -> dict[str,
 
 @functools.cache
 def _hflm_class() -> type:
-    """HFLM with Transformers' own beam search: lm-eval's stop criteria are dropped when ``num_beams > 1``."""
+    """HFLM whose greedy decoding ends each row at its stop strings, and whose beam search is Transformers' own
+    (lm-eval's stop criteria dropped when ``num_beams > 1``)."""
+    import torch
     from lm_eval.models.huggingface import HFLM
+    from transformers import StoppingCriteriaList
 
     class LoralabHFLM(HFLM):
         def _model_generate(self, context: Any, max_length: int, stop: list[str], **generation_kwargs: Any) -> Any:
-            # greedy: the harness' per-row stop check is right and saves decoding steps; beams: see module doc
-            if int(generation_kwargs.get("num_beams") or 1) > 1:
-                stop = []
-            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            if int(generation_kwargs.get("num_beams") or 1) > 1:  # see the module docstring
+                return super()._model_generate(context, max_length, [], **generation_kwargs)
+            # greedy: the native engine's per-row criterion instead of lm-eval's per-batch one (the module
+            # docstring says why); the rest is HFLM's call: no temperature, its autocast, pad id and cache
+            generation_kwargs.pop("temperature", None)
+            criteria = StoppingCriteriaList([StopAtStrings(self.tokenizer, stop, context.shape[1])])
+            dtype = getattr(self, "mixed_precision_dtype", None)  # HFLM option absent from older lm-eval releases
+            with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None):
+                return self.model.generate(input_ids=context, max_length=max_length, stopping_criteria=criteria,
+                                           pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
+                                           **generation_kwargs)
 
     return LoralabHFLM
 

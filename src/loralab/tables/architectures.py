@@ -133,6 +133,13 @@ EVAL_EXAMPLES: dict[str, int] = {
     "cars": 8_041, "cub200": 5_794, "dtd": 1_880, "food101": 25_250, "sun397": 19_850,
 }
 
+#: Decoding steps a batch of 16 greedy prompts takes when every row stops at its EOS or stop strings (the native
+#: and harness engines do): the longest answer of the batch, in Llama tokens — INFERRED for scheduling, not
+#: measured. Typical answers: GSM8K chain of thought ~120–150 tokens, MATH ~250–300 with a long tail, HumanEval
+#: and MBPP responses (code and a short explanation) ~200 and ~150; the longest of 16 taken as ~2–3× that.
+#: The planner uses min(this, max_new_tokens); tasks not listed, and beam search, cost max_new_tokens per batch.
+ANSWER_TOKENS_PER_BATCH: dict[str, int] = {"gsm8k": 320, "math": 800, "humaneval": 450, "mbpp": 350}
+
 #: Classes of the classification data sets (used when the data config has no ``num_labels``).
 NUM_LABELS: dict[str, int] = {
     "glue_cola": 2, "glue_sst2": 2, "glue_mrpc": 2, "glue_qqp": 2, "glue_stsb": 1, "glue_mnli": 3, "glue_qnli": 2,

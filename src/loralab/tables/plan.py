@@ -40,8 +40,12 @@ config of that cell. Tokens per example are assumptions (:data:`TOKENS_PER_EXAMP
 models see ``(224/16)² + 1 = 197`` tokens per image.
 
 **Evaluation** time: generation is memory-bound, so each decode step costs one read of the weights at 60 %
-of the HBM bandwidth (3.35 TB/s, H100 SXM); ``ceil(n / batch) · max_new_tokens`` steps per task.
-Classification is a forward pass at the calibrated MFU. Evaluation-set sizes are in :data:`EVAL_EXAMPLES`.
+of the HBM bandwidth (3.35 TB/s, H100 SXM); ``ceil(n / batch) · steps`` per task, where a batch's steps are its
+longest answer: greedy decoding ends each row at its EOS or stop strings and the batch with its last row, so
+``steps = min(max_new_tokens, ANSWER_TOKENS_PER_BATCH[task])`` (INFERRED answer lengths); beam search, which
+decodes past stop strings, and tasks without an answer length on record cost ``max_new_tokens``. Each cell's
+notes say which tasks were estimated which way. Classification is a forward pass at the calibrated MFU.
+Evaluation-set sizes are in :data:`EVAL_EXAMPLES`.
 
 All of this is an estimate for scheduling, not a measurement: the point is the order of magnitude per cell,
 which cells need more than one 80 GB GPU (FSDP), and the total.
@@ -57,8 +61,9 @@ from omegaconf import DictConfig
 
 from loralab.errors import ConfigError
 
-from loralab.tables.architectures import (ARCHITECTURES, DTYPE_BYTES, EVAL_EXAMPLES, GENERATIVE_TASK_TYPES,
-                                          NUM_LABELS, TOKENS_PER_EXAMPLE, TRAIN_EXAMPLES, Architecture)
+from loralab.tables.architectures import (ANSWER_TOKENS_PER_BATCH, ARCHITECTURES, DTYPE_BYTES, EVAL_EXAMPLES,
+                                          GENERATIVE_TASK_TYPES, NUM_LABELS, TOKENS_PER_EXAMPLE, TRAIN_EXAMPLES,
+                                          Architecture)
 from loralab.tables.grid import CONF_DIR, compose, expand_sweep, sweeps_of
 
 GIB = 1024 ** 3
@@ -192,10 +197,23 @@ def _flops_per_token(cfg: DictConfig, arch: Architecture, method: str, trainable
     return passes * n_mm + attention + adapter
 
 
-def _eval_hours(cfg: DictConfig, arch: Architecture, num_labels: int, throughput: float) -> tuple[float, list[str]]:
+def decode_steps_per_batch(task: DictConfig) -> tuple[int, str]:
+    """Decoding steps one batch of a generative task costs, and on what basis (see the module docstring)."""
+    max_new = int(task.get("max_new_tokens") or 1)
+    answer = ANSWER_TOKENS_PER_BATCH.get(str(task.name))
+    if int(task.get("num_beams") or 1) > 1:
+        return max_new, "max_new_tokens (beam search)"
+    if answer is None:
+        return max_new, "max_new_tokens (no answer length on record)"
+    return min(max_new, answer), "expected answer lengths"
+
+
+def _eval_hours(cfg: DictConfig, arch: Architecture, num_labels: int,
+                throughput: float) -> tuple[float, list[str], dict[str, list[str]]]:
+    """Hours, tasks without a size on record, and the generative tasks by the basis of their decode steps."""
     weights = arch.total_params(num_labels) * DTYPE_BYTES.get(str(cfg.model.get("dtype", "float32")), 4)
     step_s = weights / (HBM_BANDWIDTH * DECODE_BANDWIDTH_EFFICIENCY)
-    seconds, missing = 0.0, []
+    seconds, missing, bases = 0.0, [], {}
     for task in cfg.eval.get("tasks") or []:
         n = EVAL_EXAMPLES.get(str(task.name))
         if n is None:
@@ -203,11 +221,13 @@ def _eval_hours(cfg: DictConfig, arch: Architecture, num_labels: int, throughput
             continue
         if task.get("type") in GENERATIVE_TASK_TYPES:
             batch = int(task.get("batch_size") or 1)
-            seconds += math.ceil(n / batch) * int(task.get("max_new_tokens") or 1) * step_s
+            steps, basis = decode_steps_per_batch(task)
+            bases.setdefault(basis, []).append(str(task.name))
+            seconds += math.ceil(n / batch) * steps * step_s
         else:
             seq = arch.tokens_per_example or TOKENS_PER_EXAMPLE.get(str(cfg.dataset.name), 128)
             seconds += n * seq * 2.0 * arch.matmul_params(num_labels) / throughput
-    return seconds / 3600.0, missing
+    return seconds / 3600.0, missing, bases
 
 
 def estimate_cell(cfg: DictConfig, overrides: Sequence[str] = (), throughput: float | None = None) -> CellEstimate:
@@ -268,9 +288,11 @@ def estimate_cell(cfg: DictConfig, overrides: Sequence[str] = (), throughput: fl
     floor_s = micro_batches * arch.layers * EAGER_SECONDS_PER_LAYER
     cell.train_hours = max(cell.train_flops / throughput, floor_s) / 3600.0
     cell.dispatch_bound = floor_s > cell.train_flops / throughput
-    cell.eval_hours, missing = _eval_hours(cfg, arch, num_labels, throughput)
+    cell.eval_hours, missing, bases = _eval_hours(cfg, arch, num_labels, throughput)
     if missing:
         cell.notes.append(f"evaluation time not estimated for {missing}")
+    for basis, tasks in bases.items():
+        cell.notes.append(f"evaluation decode steps per batch: {basis} for {', '.join(tasks)}")
     return cell
 
 
