@@ -24,7 +24,7 @@ from torch import nn
 
 from loralab.errors import ConfigError
 from loralab.methods.base import CalibrationBatches, matching_linears
-from loralab.methods.residual import ResidualLoRA, set_residual_init
+from loralab.methods.residual import ResidualLoRA, init_dtype, set_residual_init
 
 DIRECTIONS = ("ArB2r", "ArBr", "A2rBr", "random")
 SCALES = ("stable", "gd", "unit")
@@ -34,13 +34,13 @@ SVD_METHODS = ("lowrank", "exact")
 def estimate_gradients(
     model: nn.Module, layers: dict[str, nn.Linear], batches: CalibrationBatches, max_batches: int
 ) -> dict[str, torch.Tensor]:
-    """Mean over at most ``max_batches`` batches of ∂loss/∂W (fp32) for each named linear layer."""
+    """Mean over at most ``max_batches`` batches of ∂loss/∂W (fp32, fp64 on fp64 models) per named linear layer."""
     saved = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training
     # Only the target weights need gradients; everything else stays out of autograd (memory).
     for p in model.parameters():
         p.requires_grad_(False)
-    sums = {name: torch.zeros_like(mod.weight, dtype=torch.float32) for name, mod in layers.items()}
+    sums = {name: torch.zeros_like(mod.weight, dtype=init_dtype(mod.weight)) for name, mod in layers.items()}
     device = next(model.parameters()).device
     count = 0
     model.train()
@@ -55,7 +55,7 @@ def estimate_gradients(
                 out = model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
                 out.loss.backward()
             for name, mod in layers.items():
-                sums[name] += mod.weight.grad.float()
+                sums[name] += mod.weight.grad.to(sums[name].dtype)
                 mod.weight.grad = None
             count += 1
     finally:
@@ -79,8 +79,8 @@ def loraga_factors(
     svd_niter: int = 4,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference LoRA-GA (A0: r×m, B0: n×r) from the averaged gradient G (n×m), in fp32."""
-    g = grad.float()
+    """Reference LoRA-GA (A0: r×m, B0: n×r) from the averaged gradient G (n×m), in fp32 or wider (fp64)."""
+    g = grad.to(init_dtype(grad))
     n, m = g.shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # svd_lowrank's sketch and the "random" direction draw from the global RNG

@@ -31,7 +31,7 @@ from torch import nn
 from loralab.errors import ConfigError
 from loralab.methods.base import CalibrationBatches, matching_linears
 from loralab.methods.corda import corda_preprocess, validate_corda_options
-from loralab.methods.residual import ResidualLoRA, lora_linear_layers, set_residual_init
+from loralab.methods.residual import ResidualLoRA, init_dtype, lora_linear_layers, set_residual_init
 
 BASES = ("dst", "orth", "gaussian")
 GAINS = ("log", "spectral")
@@ -193,7 +193,7 @@ class LoRAM(ResidualLoRA):
         self.init_stats = {}
         for name, layer in lora_linear_layers(peft_model):
             base = layer.get_base_layer()
-            weight = base.weight.detach().float()
+            weight = base.weight.detach().to(init_dtype(base.weight))
             rank, s = layer.r["default"], layer.scaling["default"]
             n, m = weight.shape
             q, target = self._target_magnitude(weight, rank, references.get(id(base)))
@@ -206,8 +206,8 @@ class LoRAM(ResidualLoRA):
                     f"loram: the init of '{name}' is A0 = B0 = 0 (target magnitude {target:g}), an adapter that "
                     "cannot learn; check the layer's weight, or use another gain/tracking option"
                 )
-            lora_B = (beta * basis_n).to(weight.device, torch.float32)
-            lora_A = (beta * basis_m.T).to(weight.device, torch.float32)
+            lora_B = (beta * basis_n).to(weight.device, weight.dtype)
+            lora_A = (beta * basis_m.T).to(weight.device, weight.dtype)
             set_residual_init(layer, lora_A, lora_B)
             self.init_stats[name] = {"beta": beta, "gain": q, "target_magnitude": target, "scaling": s}
         return peft_model

@@ -16,13 +16,13 @@ from torch import nn
 
 from loralab.errors import ConfigError
 from loralab.methods.base import CalibrationBatches
-from loralab.methods.residual import ResidualLoRA, lora_linear_layers, set_residual_init
+from loralab.methods.residual import ResidualLoRA, init_dtype, lora_linear_layers, set_residual_init
 
 
 @torch.no_grad()
 def milora_factors(weight: torch.Tensor, rank: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A0, B0) from the ``rank`` smallest singular triplets of ``weight`` (out × in), computed in fp32."""
-    U, S, Vh = torch.linalg.svd(weight.float(), full_matrices=False)
+    """(A0, B0) from the ``rank`` smallest singular triplets of ``weight`` (out × in), in fp32 or wider (fp64)."""
+    U, S, Vh = torch.linalg.svd(weight.to(init_dtype(weight)), full_matrices=False)
     root = torch.sqrt(S[-rank:] / scaling)
     lora_A = root[:, None] * Vh[-rank:]
     lora_B = U[:, -rank:] * root[None, :]

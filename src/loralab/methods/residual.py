@@ -37,15 +37,26 @@ def lora_linear_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
             yield name, module
 
 
+def init_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype initialisations compute in: at least fp32, and the weight's own when it is wider (fp64)."""
+    return torch.promote_types(weight.dtype, torch.float32)
+
+
 @torch.no_grad()
 def set_residual_init(layer: LoraLayer, lora_A: torch.Tensor, lora_B: torch.Tensor) -> None:
-    """Install (A0, B0) in a PEFT layer and replace its frozen weight by ``W − s·B0A0`` (math in fp32)."""
+    """Install (A0, B0) in a PEFT layer and replace its frozen weight by ``W − s·B0A0``.
+
+    The math runs in :func:`init_dtype` of the weight (fp32 for bf16/fp16/fp32 models, fp64 for fp64 ones), from the
+    factors *as stored* in the adapter, so ``W_res + s·B0A0`` reproduces W up to the rounding of W_res alone.
+    """
     base = layer.get_base_layer()
     weight = base.weight
     s = layer.scaling[ADAPTER]
     layer.lora_A[ADAPTER].weight.data = lora_A.to(layer.lora_A[ADAPTER].weight.dtype).contiguous()
     layer.lora_B[ADAPTER].weight.data = lora_B.to(layer.lora_B[ADAPTER].weight.dtype).contiguous()
-    residual = weight.float() - s * (lora_B.float() @ lora_A.float())
+    dtype = init_dtype(weight)
+    a0, b0 = layer.lora_A[ADAPTER].weight.to(dtype), layer.lora_B[ADAPTER].weight.to(dtype)
+    residual = weight.to(dtype) - s * (b0 @ a0)
     base.weight.data = residual.to(weight.dtype)
 
 

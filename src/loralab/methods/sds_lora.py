@@ -175,7 +175,9 @@ class SDSLinearVariant(LoraVariant):
     @classmethod
     def delta_weight(cls, module: LoraLinear, adapter: str) -> torch.Tensor:
         b2, a2 = cls.factors(module, adapter)
-        return transpose((b2.float() @ a2.float()) * module.scaling[adapter], module.fan_in_fan_out)
+        # fp32 at least (bf16 factors), and the base weight's own dtype when wider: a float64 model merges exactly
+        dtype = torch.promote_types(module.get_base_layer().weight.dtype, torch.float32)
+        return transpose((b2.to(dtype) @ a2.to(dtype)) * module.scaling[adapter], module.fan_in_fan_out)
 
     @classmethod
     def merge_safe(cls, module: LoraLinear, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
