@@ -187,11 +187,12 @@ METHODS: dict[str, Expect] = {
     "pissa": Expect(),
     "milora": Expect(),
     "olora": Expect(),
-    "corda": Expect(),
+    # calibration_for() holds two batches: CorDA's MLP case counts a whole batch as one sample
+    "corda": Expect(overrides=("method.calibration_samples=2",)),
     "loram": Expect(),
     "sds_lora": SDS,
     "sds_ortho": SDS,
-    "lora_ga": Expect(),
+    "lora_ga": Expect(overrides=("method.grad_batches=2",)),
     "lora_pro": Expect(),
     "scaled_adamw": Expect(),
     # AltLoRA (not "+") has no second moment: its step is lr × the r×r-preconditioned momentum, gradient-descent

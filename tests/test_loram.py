@@ -161,8 +161,8 @@ def test_tracking_corda_matches_corda_initial_product():
             ids = torch.randint(3, 64, (2, 40), generator=g)
             yield {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
-    corda = CorDA(rank=rank, alpha=alpha).prepare(tiny_llama(), targets, None, calibration)
-    loram = LoRAM(rank=rank, alpha=alpha, tracking="corda")
+    corda = CorDA(rank=rank, alpha=alpha, calibration_samples=4).prepare(tiny_llama(), targets, None, calibration)
+    loram = LoRAM(rank=rank, alpha=alpha, tracking="corda", calibration_samples=4)
     loram_model = loram.prepare(tiny_llama(), targets, None, calibration)
     checked = 0
     for (name, mod), (_, ref) in zip(loram_model.named_modules(), corda.named_modules()):

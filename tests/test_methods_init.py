@@ -110,7 +110,7 @@ def test_olora_uses_qr_of_w():
 def test_corda_uses_covariance_weighted_svd():
     # One calibration sample: C is then fixed up to a global scale, which the damped SVD's vectors ignore.
     calib = calibration(n_batches=1, batch=1, length=48)
-    model = prepared(CorDA(rank=RANK, alpha=ALPHA), calib=calib)
+    model = prepared(CorDA(rank=RANK, alpha=ALPHA, calibration_samples=1), calib=calib)
     assert_residual_identity(model)
 
     base = tiny_llama()
@@ -184,7 +184,7 @@ ALL_METHODS = {
     "milora": lambda: MiLoRA(rank=RANK, alpha=ALPHA),
     "olora": lambda: OLoRA(rank=RANK, alpha=ALPHA),
     "lora_plus": lambda: LoRAPlus(rank=RANK, alpha=ALPHA),
-    "corda": lambda: CorDA(rank=RANK, alpha=ALPHA),
+    "corda": lambda: CorDA(rank=RANK, alpha=ALPHA, calibration_samples=4),  # what calibration() holds
     "loram": lambda: LoRAM(rank=RANK, alpha=ALPHA),
     "loram_rslora": lambda: LoRAM(rank=RANK, alpha=ALPHA, use_rslora=True),
 }

@@ -317,7 +317,8 @@ def test_loraga_factors_equal_the_hand_gradient_svd_and_residual_restores_w():
     ids = batches[0]["input_ids"]
     with torch.no_grad():
         logits0 = model(input_ids=ids).logits
-    method = LoRAGA(rank=2, alpha=4.0, svd_method="exact", target_modules=["q_proj", "up_proj"])
+    method = LoRAGA(rank=2, alpha=4.0, svd_method="exact", target_modules=["q_proj", "up_proj"],
+                    grad_batches=len(batches))
     method.validate(model, ["q_proj", "up_proj"])
     peft_model = method.prepare(model, ["q_proj", "up_proj"], calibration=lambda: iter(batches))
     s = method.scaling
@@ -338,7 +339,7 @@ def test_loraga_saved_adapter_applies_to_the_original_weights(tmp_path):
     from peft import PeftModel
 
     batches = lm_batches()
-    method = LoRAGA(rank=2, alpha=4.0)
+    method = LoRAGA(rank=2, alpha=4.0, grad_batches=len(batches))
     model = method.prepare(tiny_llama(seed=1), ["q_proj"], calibration=lambda: iter(batches))
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     with torch.no_grad():
@@ -359,7 +360,7 @@ def test_loraga_reference_differs_from_peft_as_documented():
 
     batches = lm_batches()
     ours_model, peft_model = tiny_llama(seed=1), tiny_llama(seed=1)
-    ours = LoRAGA(rank=2, alpha=4.0).prepare(ours_model, ["v_proj"], calibration=lambda: iter(batches))
+    ours = LoRAGA(rank=2, alpha=4.0, grad_batches=len(batches)).prepare(ours_model, ["v_proj"], calibration=lambda: iter(batches))
     config = LoraConfig(r=2, lora_alpha=4.0, target_modules=["v_proj"], init_lora_weights="lora_ga",
                         lora_ga_config=LoraGAConfig(direction="ArB2r", scale="stable", stable_gamma=16))
 
@@ -401,6 +402,8 @@ def test_method_trains_inside_the_hf_trainer(name, tmp_path):
     assert method.name == name
     batches = lm_batches(n=4)
     rows = [{k: v[i] for k, v in batch.items()} for batch in batches for i in range(len(batch["input_ids"]))]
+    if name == "lora_ga":  # the YAML asks for 64 calibration batches; these 4 are all there is
+        method.grad_batches = len(batches)
     model = tiny_llama(seed=2)
     method.validate(model, LLAMA_TARGETS)
     model = method.prepare(model, LLAMA_TARGETS, calibration=lambda: iter(batches))
@@ -473,6 +476,7 @@ def test_altlora_resumes_exactly_from_a_trainer_checkpoint(tmp_path):
         (LoRAGA(rank=2, direction="BrAr"), "direction='BrAr'"),
         (LoRAGA(rank=2, scale="weightS"), "scale='weightS'"),
         (LoRAGA(rank=2, grad_batches=0), "grad_batches=0"),
+        (LoRAGA(rank=2, grad_batch_size=0), "grad_batch_size=0"),
         (LoRAGA(rank=20), "valid ranks are 1..16"),
     ],
 )

@@ -25,7 +25,7 @@ from loralab.errors import ConfigError
 from loralab.evaluation.checks import check_suite, check_suite_fits_model
 from loralab.evaluation.evaluator import evaluate_suite, load_suite_records
 from loralab.io import atomic_write_dir, atomic_write_json, atomic_write_text, read_json
-from loralab.methods.base import Method, count_trainable
+from loralab.methods.base import Method, calibration_batches, count_trainable
 from loralab.models.loading import load_model, model_provenance
 from loralab.provenance import git_state, hardware, package_versions, peak_memory_bytes
 from loralab.reports.curves import write_curves
@@ -76,11 +76,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_suite_fits_model(cfg.eval, model, tokenizer)
     total_params = sum(p.numel() for p in model.parameters())
 
-    def calibration():  # a few training batches for data-driven initialisations (LoRA-GA, CorDA)
-        # per-device batch × processes: N ranks initialise as one process at the same global batch would
-        batch = int(cfg.trainer.per_device_train_batch_size) * distributed.world_size()
-        for start in range(0, min(len(examples), batch * int(cfg.get("calibration_batches", 4))), batch):
-            yield collator(examples[start:start + batch])
+    # data-driven initialisations (LoRA-GA, CorDA) get exactly the training examples they declare, or the run
+    # stops; the same on every rank, whatever the batch size or number of processes
+    request = method.calibration_request()
+    calibration = calibration_batches(request, examples, collator, cfg.method.name) if request else None
 
     model = method.prepare(model, targets, list(cfg.model.get("modules_to_save") or []), calibration)
     trainable = count_trainable(model)
@@ -190,6 +189,7 @@ def _save_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, trai
             "session_mean_loss": train_output.training_loss,
             "resumed_from": resume_from,
             "skipped_checkpoints": [s.describe() for s in skipped],
+            "calibration": request.record() if (request := method.calibration_request()) else None,
         },
         "cost": {
             "wall_time_s": round(time.time() - started, 2), "peak_memory_bytes": peak_memory_bytes(),

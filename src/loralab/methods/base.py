@@ -3,6 +3,7 @@
 A method is one class (instantiated by Hydra from ``conf/method/<name>.yaml``) that knows how to
 
 * check itself against a model (``validate``),
+* declare the training data its initialisation looks at, if any (``calibration_request``),
 * turn a pretrained model into the model that trains (``prepare``),
 * build its optimiser when the default AdamW over trainable parameters is not what the paper uses
   (``build_optimizer``),
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +27,46 @@ from loralab.errors import ConfigError
 # Yields training batches (dicts of tensors) for methods whose initialisation looks at data
 # (LoRA-GA's gradient SVD, CorDA's activation covariance).
 CalibrationBatches = Callable[[], Iterable[dict[str, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class CalibrationRequest:
+    """The training data a method's initialisation looks at, as the method declares it.
+
+    The runner provides exactly this: the first ``samples`` training examples, in the order the training set is
+    stored (LoRA-GA's reference takes its first bsz × iters examples the same way), collated ``batch_size`` at a
+    time; a training set with fewer examples stops the run before anything is written.
+    """
+
+    samples: int
+    batch_size: int
+    option: str  # the config option(s) that set it, for messages: "method.calibration_samples=256"
+
+    @property
+    def batches(self) -> int:
+        return -(-self.samples // self.batch_size)
+
+    def record(self) -> dict[str, Any]:
+        """What ``metrics.json`` records about the calibration data the method got."""
+        return {"source": "the first `samples` training examples", "samples": self.samples,
+                "batch_size": self.batch_size, "batches": self.batches, "option": self.option}
+
+
+def calibration_batches(request: CalibrationRequest, examples: Sequence[Any],
+                        collate: Callable[[list[Any]], dict[str, torch.Tensor]], method: str) -> CalibrationBatches:
+    """The batches ``request`` asks for, from the training ``examples``; ConfigError if there are too few."""
+    if request.samples > len(examples):
+        raise ConfigError(
+            f"method={method} asks for {request.samples} calibration samples ({request.option}) but the training "
+            f"set has {len(examples)} examples; lower the request or train on more data"
+        )
+
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
+        for start in range(0, request.samples, request.batch_size):
+            stop = min(start + request.batch_size, request.samples)
+            yield collate([examples[i] for i in range(start, stop)])
+
+    return batches
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -89,6 +130,10 @@ class Method:
         return None
 
     # --------------------------------------------------------------- building
+    def calibration_request(self) -> CalibrationRequest | None:
+        """The training data ``prepare`` needs as ``calibration`` (None: a data-free initialisation)."""
+        return None
+
     def prepare(
         self,
         model: nn.Module,

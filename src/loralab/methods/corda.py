@@ -4,7 +4,8 @@ What makes it CorDA: input activations of calibration data give ``C = mean XᵀX
 ``W·C = U S Vᵀ`` with ``V̂ = C^{-1} V`` rewrites ``W = U S V̂ᵀ``. IPM keeps the top-r triplets (task data),
 KPM the bottom-r (general data); then PiSSA-style ``A0 = diag(√(S/s)) V̂ᵀ``, ``B0 = U diag(√(S/s))`` and
 ``W_res = W − s·B0A0``. PEFT's ``preprocess_corda`` + ``init_lora_weights="corda"`` implement it; the
-runner's ``calibration`` batches feed it, one sample at a time (PEFT's hook expects a batch of one).
+runner feeds it the first ``calibration_samples`` training examples, one sample at a time (PEFT's hook expects a
+batch of one).
 Saving converts to a plain LoRA on the pretrained weights (see :class:`ResidualLoRA`).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from peft.tuners.lora.corda import preprocess_corda
 from torch import nn
 
 from loralab.errors import ConfigError
-from loralab.methods.base import CalibrationBatches
+from loralab.methods.base import CalibrationBatches, CalibrationRequest
 from loralab.methods.residual import ResidualLoRA
 
 # Inputs of HF models carry a per-sample sequence axis (tokens / patches), so they are fed one sample at a time;
@@ -59,6 +60,16 @@ def run_calibration(model: nn.Module, calibration: CalibrationBatches, max_sampl
     return used
 
 
+def corda_calibration_request(max_samples: int | None, method: str) -> CalibrationRequest:
+    """``max_samples`` training examples, one per batch (CorDA's covariance hook takes one sample at a time)."""
+    if max_samples is None:
+        raise ConfigError(
+            f"method={method} needs a number of calibration samples for a run: method.calibration_samples=null "
+            "(every sample passed to prepare) is only for direct use; set an integer >= 1 (e.g. 256)"
+        )
+    return CalibrationRequest(samples=max_samples, batch_size=1, option=f"method.calibration_samples={max_samples}")
+
+
 def validate_corda_options(method: str, max_samples: int | None, option_prefix: str = "method") -> None:
     """ConfigError unless ``method`` is ipm/kpm and ``max_samples`` is None or a positive integer."""
     if method not in ("ipm", "kpm"):
@@ -87,6 +98,9 @@ def corda_preprocess(
     preprocess_corda(model, lora_config, run_model=run_model)
     if count["n"] == 0:
         raise ConfigError(f"{who}: the calibration batches were empty; at least one sample is needed")
+    if max_samples is not None and count["n"] < max_samples:
+        raise ConfigError(f"{who} asks for {max_samples} calibration samples (method.calibration_samples) and got "
+                          f"{count['n']}")
 
 
 @dataclass
@@ -101,6 +115,9 @@ class CorDA(ResidualLoRA):
     def validate(self, model: nn.Module, target_modules: list[str]) -> None:
         super().validate(model, target_modules)
         validate_corda_options(self.corda_method, self.calibration_samples)
+
+    def calibration_request(self) -> CalibrationRequest:
+        return corda_calibration_request(self.calibration_samples, self.name)
 
     def lora_config(self, target_modules: list[str], modules_to_save: list[str] | None) -> LoraConfig:
         with warnings.catch_warnings():  # PEFT warns that corda_config is missing; it is set on the next lines

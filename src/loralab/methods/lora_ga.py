@@ -1,6 +1,7 @@
 """LoRA-GA (Wang, Yu, Li, NeurIPS 2024), the authors' reference recipe (methods.md §2.9).
 
-1. Average the full-weight gradient G = ∂L/∂W of every target layer over calibration batches.
+1. Average the full-weight gradient G = ∂L/∂W of every target layer over ``grad_batches`` calibration batches of
+   ``grad_batch_size`` training examples (reference: 64 batches of 2, the first 128 examples of the training set).
 2. ``U, S, V = svd_lowrank(G, q=min(4r, min(n, m)), niter=4)``.
 3. Direction ``ArB2r``: ``A0 = V[:, :r]ᵀ`` (top-r right vectors), ``B0 = U[:, r:2r]`` (the next r left vectors).
 4. Scale ``stable``: **both** A0 and B0 times ``n^{1/4}/√γ`` (n = out_features); no singular values enter.
@@ -23,7 +24,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from loralab.errors import ConfigError
-from loralab.methods.base import CalibrationBatches, matching_linears
+from loralab.methods.base import CalibrationBatches, CalibrationRequest, matching_linears
 from loralab.methods.residual import ResidualLoRA, init_dtype, set_residual_init
 
 DIRECTIONS = ("ArB2r", "ArBr", "A2rBr", "random")
@@ -34,7 +35,7 @@ SVD_METHODS = ("lowrank", "exact")
 def estimate_gradients(
     model: nn.Module, layers: dict[str, nn.Linear], batches: CalibrationBatches, max_batches: int
 ) -> dict[str, torch.Tensor]:
-    """Mean over at most ``max_batches`` batches of ∂loss/∂W (fp32, fp64 on fp64 models) per named linear layer."""
+    """Mean over the first ``max_batches`` batches of ∂loss/∂W (fp32, fp64 on fp64 models) per named linear layer."""
     saved = {name: p.requires_grad for name, p in model.named_parameters()}
     was_training = model.training
     # Only the target weights need gradients; everything else stays out of autograd (memory).
@@ -63,8 +64,8 @@ def estimate_gradients(
             p.requires_grad_(saved[name])
             p.grad = None
         model.train(was_training)
-    if count == 0:
-        raise ConfigError("LoRA-GA got no calibration batches: the calibration callable yielded nothing")
+    if count < max_batches:
+        raise ConfigError(f"LoRA-GA asks for {max_batches} calibration batches (method.grad_batches) and got {count}")
     return {name: total / count for name, total in sums.items()}
 
 
@@ -117,6 +118,7 @@ class LoRAGA(ResidualLoRA):
     scale: str = "stable"
     stable_gamma: float = 16.0
     grad_batches: int = 64
+    grad_batch_size: int = 2  # the reference's bsz: G averages 64 batches of 2, its first 128 training examples
     svd_method: str = "lowrank"
     svd_niter: int = 4
     seed: int = 0
@@ -130,7 +132,8 @@ class LoRAGA(ResidualLoRA):
                 raise ConfigError(f"method.{option}={value!r} is invalid: valid values are {list(valid)}")
         if not self.stable_gamma > 0:
             raise ConfigError(f"method.stable_gamma={self.stable_gamma!r} is invalid: it must be > 0 (reference 16)")
-        for option, value, low in (("grad_batches", self.grad_batches, 1), ("svd_niter", self.svd_niter, 0)):
+        for option, value, low in (("grad_batches", self.grad_batches, 1), ("grad_batch_size", self.grad_batch_size, 1),
+                                   ("svd_niter", self.svd_niter, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"method.{option}={value!r} is invalid: it must be an integer >= {low}")
         for name, mod in matching_linears(model, target_modules).items():
@@ -140,6 +143,12 @@ class LoRAGA(ResidualLoRA):
                     f"rank={self.rank} is too large for LoRA-GA on '{name}': it uses 2·rank singular vectors of a "
                     f"{mod.out_features}x{mod.in_features} gradient; valid ranks are 1..{limit}"
                 )
+
+    def calibration_request(self) -> CalibrationRequest:
+        return CalibrationRequest(
+            samples=self.grad_batches * self.grad_batch_size, batch_size=self.grad_batch_size,
+            option=f"method.grad_batches={self.grad_batches} × method.grad_batch_size={self.grad_batch_size}",
+        )
 
     def create_peft_model(
         self,

@@ -29,8 +29,8 @@ from peft.tuners.lora.config import CordaConfig
 from torch import nn
 
 from loralab.errors import ConfigError
-from loralab.methods.base import CalibrationBatches, matching_linears
-from loralab.methods.corda import corda_preprocess, validate_corda_options
+from loralab.methods.base import CalibrationBatches, CalibrationRequest, matching_linears
+from loralab.methods.corda import corda_calibration_request, corda_preprocess, validate_corda_options
 from loralab.methods.residual import ResidualLoRA, init_dtype, lora_linear_layers, set_residual_init
 
 BASES = ("dst", "orth", "gaussian")
@@ -132,6 +132,10 @@ class LoRAM(ResidualLoRA):
         config = super().lora_config(target_modules, modules_to_save)
         config.init_lora_weights = False
         return config
+
+    def calibration_request(self) -> CalibrationRequest | None:
+        """Data only for tracking = corda (CorDA's covariance); LoRAM itself is data-free."""
+        return corda_calibration_request(self.calibration_samples, self.name) if self.tracking == "corda" else None
 
     def _corda_magnitudes(
         self, model: nn.Module, target_modules: list[str], calibration: CalibrationBatches | None
