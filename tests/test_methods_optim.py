@@ -264,6 +264,48 @@ def test_altlora_momentum_transport_matches_hand_computation():
     assert all((p - eye).abs().max() > 1e-3 for p in transports[1:])
 
 
+def test_altlora_plus_follows_the_authors_update():
+    """The authors' altlora_plus step (optimizer_new.py), written out by hand for the first six steps (B, A, B, ...):
+    N = β1·(transported M) + (1−β1)·g̃ enters the step, M is stored untransported, V has no bias correction,
+    step size lr/(1−β1^t), then decoupled weight decay p ← p − lr·λ·p. The reference keeps each factor's previous
+    partner as zeros until its first step."""
+    model, layer = one_layer()
+    a, b = factors(layer)
+    lr, wd, delta, (beta1, beta2), eps = 1e-3, 0.1, 1e-5, (0.9, 0.999), 1e-4
+    opt = AltLoRA(rank=2, alpha=3.0, variant="altlora_plus", damping=delta, eps=eps).build_optimizer(model, lr, wd)
+    eye = torch.eye(2)
+    ref = {"A": dict(t=0, m=torch.zeros(2, 32), v=torch.zeros(2, 32), old=torch.zeros(32, 2)),   # old partner: B
+           "B": dict(t=0, m=torch.zeros(32, 2), v=torch.zeros(32, 2), old=torch.zeros(2, 32))}   # old partner: A
+    first_steps = {}
+    for k in range(6):
+        backward(model, k)
+        a_k, b_k = a.detach().clone(), b.detach().clone()
+        side, p_k, grad = ("B", b_k, b.grad) if k % 2 == 0 else ("A", a_k, a.grad)
+        opt.step()
+        st = ref[side]
+        st["t"] += 1
+        if side == "A":
+            precon = torch.inverse(b_k.T @ b_k + delta * eye)
+            g, transport = precon @ grad, precon @ b_k.T @ st["old"]
+            numer = beta1 * transport @ st["m"] + (1 - beta1) * g
+            partner, moved = b_k, a.detach()
+        else:
+            precon = torch.inverse(a_k @ a_k.T + delta * eye)
+            g, transport = grad @ precon, st["old"] @ a_k.T @ precon
+            numer = beta1 * st["m"] @ transport + (1 - beta1) * g
+            partner, moved = a_k, b.detach()
+        st["v"] = beta2 * st["v"] + (1 - beta2) * g * g
+        expected = p_k - lr / (1 - beta1 ** st["t"]) * numer / (st["v"].sqrt() + eps)
+        expected = expected - lr * wd * expected
+        st["m"] = beta1 * st["m"] + (1 - beta1) * g
+        st["old"] = partner
+        torch.testing.assert_close(moved, expected, atol=1e-6, rtol=1e-5)
+        first_steps.setdefault(side, float((moved - p_k).abs().max() / lr))
+    # No bias correction of V: where |g̃| ≫ ε the first step is lr/√(1−β2) ≈ 31.6·lr per entry, not Adam's ≤ lr.
+    for side, size in first_steps.items():
+        assert 25 < size < 31.7, (side, size)
+
+
 # ------------------------------------------------------------------------------------------------ state round trip
 @pytest.mark.parametrize(
     "method", [ScaledAdamWLoRA(rank=2, alpha=3.0), LoRAPro(rank=2, alpha=3.0), AltLoRA(rank=2, alpha=3.0)]

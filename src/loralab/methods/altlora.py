@@ -9,7 +9,17 @@ Per layer, in an A-phase (B held fixed)::
 and symmetrically in a B-phase (``g̃_B = ∇_B (AAᵀ+δI)⁻¹``, ``P_B = A_old Aᵀ (AAᵀ+δI)⁻¹``,
 ``M_B ← β1·M_B P_B + …``).
 ``P`` maps the stored momentum, expressed against the factor it was accumulated with (B_old), onto the current one
-(least squares: B·P_A ≈ B_old). AltLoRA+ adds an element-wise Adam second moment of g̃.
+(least squares: B·P_A ≈ B_old).
+
+AltLoRA+ follows the authors' optimiser (``altlora_plus`` in their public code) rather than a textbook Adam::
+
+    N = β1·P_A M_A + (1−β1)·g̃_A,   M_A ← β1·M_A + (1−β1)·g̃_A,   V_A ← β2·V_A + (1−β2)·g̃_A²,
+    A ← A − η/(1−β1^t) · N / (√V_A + ε)
+
+The transported momentum N is used for this step only (the stored M is accumulated untransported) and V is not
+bias-corrected, so the first step is about η/√(1−β2) ≈ 32·η per entry, not Adam's η. One deliberate
+difference: the reference reads the constructor's learning rate, so a scheduler does not reach its steps (nor its
+weight decay η·λ); here both follow the Trainer's schedule, as for every other method.
 
 Phases switch every ``alter_freq`` optimiser steps, starting with B (B0 = 0 is the factor with a non-zero gradient).
 Like the reference trainer, the inactive factor is frozen (``requires_grad=False``) so the next backward pass
@@ -117,26 +127,29 @@ class AltLoRAOptimizer(PairOptimizer):
             state["other_ref"] = other.clone()
             if group["variant"] == "altlora_plus":
                 state["exp_avg_sq"] = torch.zeros_like(grad)
-        ref = state["other_ref"]
+        ref, m = state["other_ref"], state["exp_avg"]
         if side == "A":  # other = B (n×r)
             h_inv = damped_inverse(other.T @ other, group["damping"])
             g = h_inv @ grad
-            transport = h_inv @ other.T @ ref
-            state["exp_avg"].copy_(beta1 * (transport @ state["exp_avg"]) + (1 - beta1) * g)
+            transported = (h_inv @ other.T @ ref) @ m  # r×r transport first: no n×m intermediate
         else:  # other = A (r×m)
             h_inv = damped_inverse(other @ other.T, group["damping"])
             g = grad @ h_inv
-            transport = ref @ other.T @ h_inv
-            state["exp_avg"].copy_(beta1 * (state["exp_avg"] @ transport) + (1 - beta1) * g)
+            transported = m @ (ref @ other.T @ h_inv)
         state["other_ref"].copy_(other)
         state["step"] += 1
         t = state["step"].item()  # per-factor count: the momentum only accumulates in this factor's phases
-        update = state["exp_avg"] / (1 - beta1**t)
+        momentum = beta1 * transported + (1 - beta1) * g
         if "exp_avg_sq" in state:
-            # AltLoRA+: element-wise second moment, not transported (an element-wise quantity has no r×r map).
+            # AltLoRA+ as the authors' optimiser: the transported momentum enters this step only, while the stored
+            # one is accumulated untransported; v (element-wise, never transported) is not bias-corrected.
+            m.mul_(beta1).add_(g, alpha=1 - beta1)
             state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            update = update / ((state["exp_avg_sq"] / (1 - beta2**t)).sqrt() + group["eps"])
-        p.add_(update.to(p.dtype), alpha=-group["lr"])
+            update = momentum / (state["exp_avg_sq"].sqrt() + group["eps"])
+        else:
+            m.copy_(momentum)
+            update = momentum
+        p.add_(update.to(p.dtype), alpha=-group["lr"] / (1 - beta1**t))
         if group["weight_decay"]:
             p.mul_(1 - group["lr"] * group["weight_decay"])
 
