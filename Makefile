@@ -71,7 +71,7 @@ else
 	  $(PY) run.py -m experiment=$$sweep progress=false paths.results_dir=$(RESULTS) $(ARGS) || status=1; \
 	done; \
 	for table in $$tables; do \
-	  $(PY) scripts/build_table.py --experiment $$table --runs $(RESULTS)/runs --out-dir $(RESULTS)/tables || status=1; \
+	  $(PY) scripts/build_table.py --experiment $$table --runs $(RESULTS)/runs --out-dir $(RESULTS)/tables $(ARGS) || status=1; \
 	done; \
 	exit $$status
 endif

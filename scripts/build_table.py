@@ -4,6 +4,10 @@ one self-contained file).
 
     python scripts/build_table.py --experiment embedded            # → results/tables/embedded.{md,html}
     python scripts/build_table.py --experiment sds_table2 --runs results/runs
+    python scripts/build_table.py --experiment sds_table2 trainer.max_steps=20   # the sweeps ran with overrides
+
+The table shows the finished runs that are its experiment's cells (same config hash), composed with the same
+Hydra overrides the sweeps ran with; an override of a swept key (model=llama3_8b) still shows the whole grid.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from loralab.errors import LoralabError
@@ -26,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", required=True, help="name of a conf/experiment/<name>.yaml with a table block")
     parser.add_argument("--runs", type=Path, default=ROOT / "results" / "runs")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "results" / "tables")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides the sweeps ran with, as for python run.py -m")
     args = parser.parse_args(argv)
 
     spec_file = ROOT / "conf" / "experiment" / f"{args.experiment}.yaml"
@@ -35,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = OmegaConf.to_container(OmegaConf.load(spec_file).table)
     try:
-        table = table_from_spec(spec, args.runs, root=ROOT)
-    except LoralabError as err:
+        table = table_from_spec(spec, args.runs, root=ROOT, overrides=args.overrides)
+    except (LoralabError, HydraException) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     markdown = render_markdown(table)

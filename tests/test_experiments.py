@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from conftest import ROOT, compose
 from loralab.tables.build import Column, RunResult, build_from_spec, build_table
 from loralab.tables.architectures import ARCHITECTURES
-from loralab.tables.grid import expand_sweep, sweeps_of, tables_of
+from loralab.tables.grid import expand_sweep, sweeps_of, table_sweeps, tables_of
 from loralab.tables.plan import (CALIBRATION_HOURS, CALIBRATION_OVERRIDES, GIB, calibrate, estimate_cell, plan,
                                  render_plan, trainable_params)
 from loralab.tables.reference import load_reference
@@ -75,7 +75,6 @@ def test_experiment_composes_and_its_grid_has_the_papers_cells(name: str) -> Non
         cell = compose(*[f"{k}={v}" for k, v in job.items()])
         i = jobs.index(job)
         assert cell.method.name == jobs[i]["method"] and cell.dataset.name == jobs[i].get("dataset", cell.dataset.name)
-        assert cell.table.name == cfg.table.name               # the table filter finds the cell's runs
 
 
 @pytest.mark.parametrize("table", TABLES)
@@ -83,7 +82,7 @@ def test_table_block_matches_its_reference(table: str) -> None:
     spec = _spec(table)
     assert spec["name"] == table
     columns = [Column(**c) for c in spec["columns"]]
-    assert spec["filter"] == {"table": table} and spec["fields"]["table"] == "table.name"
+    assert "filter" not in spec and "table" not in spec.get("fields", {})   # runs are selected by their config
     if spec.get("reference"):
         reference = load_reference(ROOT / spec["reference"])
         assert spec["row_keys"] == reference.row_keys
@@ -93,9 +92,8 @@ def test_table_block_matches_its_reference(table: str) -> None:
         assert set(reference.columns) - set(headers) <= {"Extra time (h)"}
     for key in spec["row_keys"]:
         assert key in {"model", "method", "rank", "dataset", "seed"} or key in spec["fields"], key
-    own = tables_of(table)                                     # sweeps that declare a table of their own
-    for sweep in sweeps_of(table):                             # every other sweep is tagged with this table
-        assert compose(f"experiment={sweep}").table.name == (sweep if sweep in own else table)
+    own = set(tables_of(table)) - {table}                      # sweeps that declare a table of their own
+    assert table_sweeps(table) == [s for s in sweeps_of(table) if s not in own]
 
 
 def test_sds_recipes_take_per_method_learning_rates_and_loram_one_rate() -> None:
@@ -206,11 +204,15 @@ def test_smoke_cell_runs_end_to_end_into_its_table(table: str, results_dir: Path
         if missing:
             pytest.skip(f"fixture data not present: {missing}")
         cfg = compose(f"experiment={table}", *cell, *SMOKE, *_fixture_overrides(dataset), runs_dir=results_dir)
-        assert cfg.table.name == table and cfg.smoke
+        assert cfg.smoke
         run(cfg)
 
     spec = _spec(table)
-    text = build_from_spec(spec, results_dir / "runs", root=ROOT)
+    # the table's cells are composed with the overrides its runs were made with (shared by all its smoke cells)
+    made_with = [[*cell, *SMOKE, *_fixture_overrides(next(o.split("=", 1)[1] for o in cell if o.startswith("dataset=")))]
+                 for cell in SMOKE_CELLS[table]]
+    text = build_from_spec(spec, results_dir / "runs", root=ROOT,
+                           overrides=[o for o in made_with[0] if all(o in m for m in made_with)])
     row, columns, paper_value = SMOKE_EXPECT[table]
     cells = _cells(text, row)
     header = _cells(text, "| " + spec["row_keys"][0] + " |")
@@ -245,7 +247,7 @@ def test_builder_fields_wildcards_task_means_and_na_cells() -> None:
     runs = [_run({"model": "llama2_7b", "method": "loram", "rank": rank},
                  {task: {metric: value / 100} for task, metric in
                   (("math", "exact_match"), ("gsm8k", "exact_match"), ("mbpp", "pass@1"), ("humaneval", "pass@1"))},
-                 {"table": {"name": "loram_table4"}, "method": method})
+                 {"method": method})
             for rank, value in ((16, 20.0), (128, 30.0))]
     text = build_table(spec, runs, reference)
     r16 = _cells(text, "| llama2_7b | loram | 16 | False | dst | log | none |")
@@ -253,9 +255,6 @@ def test_builder_fields_wildcards_task_means_and_na_cells() -> None:
     assert r16[-3:] == ["n/a", "n/a", "—"]                    # Average is not a per-rank column
     pooled = _cells(text, "| llama2_7b | loram | all | False | dst | log | none |")
     assert pooled[-3] == "25.00" and pooled[7] == "n/a"       # both ranks, four tasks pooled
-    other = _run({"model": "llama2_7b", "method": "loram", "rank": 16}, {"math": {"exact_match": 0.9}},
-                 {"table": {"name": "loram_table1"}, "method": method})
-    assert build_table(spec, [other], reference).count("90.00") == 0          # another table's run is filtered out
 
 
 def test_builder_cost_columns_and_overheads() -> None:
@@ -264,7 +263,7 @@ def test_builder_cost_columns_and_overheads() -> None:
     runs = []
     for method, seconds, gib in (("lora", 3600.0, 100.0), ("sds_lora", 3780.0, 101.0)):
         run = _run({"model": "llama3_8b", "method": method, "dataset": "metamathqa"}, {},
-                   {"table": {"name": "sds_table6"}},
+                   {},
                    {"cost": {"peak_memory_bytes": {"gpu_allocated": gib * GIB}}})
         run._steps = [{"step": 10, "loss": 1.0}, {"step": 10, "train_runtime": seconds}]
         runs.append(run)

@@ -19,7 +19,7 @@ def test_multirun_sweep_then_table(tmp_path: Path) -> None:
     assert len(finished) == len(methods)
 
     built = subprocess.run([sys.executable, "scripts/build_table.py", "--experiment", "embedded",
-                            "--runs", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "tables")],
+                            "--runs", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "tables"), *SMOKE],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert built.returncode == 0, built.stderr
     table = (tmp_path / "tables" / "embedded.md").read_text()

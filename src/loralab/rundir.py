@@ -1,8 +1,8 @@
 """Run directories named by what the run *is* (a hash of its resolved config), not when it ran.
 
 Re-running the same config finds the same directory: a finished run is skipped, an unfinished one resumes
-from its last checkpoint. Keys that do not change the result (where results go, logging, progress bars)
-are left out of the hash.
+from its last checkpoint. Keys that do not change the result (where results go, logging, progress bars, the
+paper-table layout) are left out of the hash.
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from loralab.distributed import global_train_batch, world_size
 from loralab.io import atomic_write_json, read_json
 
-# Top-level keys that never change what a run computes.
-NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "progress", "force_rerun", "diagnostics")
+# Top-level keys that never change what a run computes. ``table`` lays results out in a paper table: a cell two
+# tables share is one run, and renaming a column re-runs nothing.
+NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "progress", "force_rerun", "diagnostics", "table")
 
 STATUS_FILE = "status.json"
 

@@ -3,20 +3,22 @@
 A table is declared by the ``table:`` block of an experiment config:
 
     table:
-      name: sds_table2
+      name: sds_table2                           # the experiment: its sweeps' cells are the table's runs
       reference: results/paper/sds_table2.yaml   # or null when no paper reports these cells
       row_keys: [model, method, rank]            # run fields that identify a row
-      filter: {dataset: metamathqa}              # which finished runs belong to the table
       columns:
         - {header: GSM8K, task: gsm8k, metric: exact_match, scale: 100}
 
-Runs that differ only by seed are pooled (mean ± std over seeds). A column's runs must share one evaluation
-protocol: mixing protocols in a column is refused, since such numbers are not comparable.
+``build_from_spec`` selects runs by their configuration: a finished run belongs to the table when its config hash
+is one of the experiment's cells (``loralab.tables.grid``), whichever command or table made it. Runs that
+differ only by seed are pooled (mean ± std over seeds). A column's runs must share one evaluation protocol:
+mixing protocols in a column is refused, since such numbers are not comparable.
 
 Optional keys (all backwards compatible; a spec without them behaves as before):
 
-    fields: {refresh: method.refresh, table: table.name}  # extra run fields, read from the run's config.yaml
-                                                          # (dotted paths); usable in row_keys and filter
+    fields: {refresh: method.refresh}  # extra run fields, read from the run's config.yaml (dotted paths);
+                                       # usable in row_keys and filter
+    filter: {dataset: metamathqa}   # only runs with these row-field values
     wildcards: {rank: all}          # a reference row whose rank is 'all' pools the runs of every rank
     note: "..."                     # one paragraph printed under the title (e.g. what a column measures)
     columns:
@@ -43,12 +45,13 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
 from loralab.errors import ConfigError
 from loralab.io import read_json
+from loralab.tables.grid import runs_of_table
 from loralab.tables.reference import NOT_APPLICABLE, ReferenceTable, load_reference
 
 SOURCES: tuple[str, ...] = ("eval", "cost", "train", "diagnostics", "steps")
@@ -377,10 +380,15 @@ def _fmt_key(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
-def build_from_spec(spec: dict[str, Any], runs_dir: Path, root: Path = Path(".")) -> str:
-    return render_markdown(table_from_spec(spec, runs_dir, root))
+def build_from_spec(spec: dict[str, Any], runs_dir: Path, root: Path = Path("."),
+                    overrides: Sequence[str] = ()) -> str:
+    return render_markdown(table_from_spec(spec, runs_dir, root, overrides))
 
 
-def table_from_spec(spec: dict[str, Any], runs_dir: Path, root: Path = Path(".")) -> Table:
+def table_from_spec(spec: dict[str, Any], runs_dir: Path, root: Path = Path("."),
+                    overrides: Sequence[str] = ()) -> Table:
+    """The table of experiment ``spec['name']`` from the finished runs under ``runs_dir`` that are its cells, the
+    cells composed with ``overrides`` as its sweeps ran them (see :func:`loralab.tables.grid.table_cells`)."""
     reference = load_reference(root / spec["reference"]) if spec.get("reference") else None
-    return tabulate(spec, collect_runs(runs_dir), reference)
+    runs = runs_of_table(spec["name"], collect_runs(runs_dir), overrides, root / "conf")
+    return tabulate(spec, runs, reference)

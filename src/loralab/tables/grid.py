@@ -1,13 +1,22 @@
 """A paper table's cells: the jobs of the Hydra sweeps that feed it, expanded exactly as ``python run.py -m``
-would (Hydra's own basic sweeper), each composable with the real config tree."""
+would (Hydra's own basic sweeper), each composable with the real config tree.
+
+A table shows the runs whose configuration *is* one of its cells (same ``config_hash``), whichever sweep or
+command made them: the ``table:`` block is not part of a run's identity, so a cell two tables share is one run.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from loralab.errors import ConfigError
+from loralab.rundir import config_hash
+
+# Swept keys that a run also records under metrics.json's "run" (a config group's option is named after its
+# file, which tests/test_config.py checks): cells whose values differ from every run's are not composed.
+RUN_FIELDS = ("model", "method", "dataset", "rank", "seed")
 
 CONF_DIR: Path = Path(__file__).resolve().parents[3] / "conf"
 
@@ -47,17 +56,79 @@ def compose(overrides: Sequence[str], conf_dir: Path = CONF_DIR, hydra_config: b
 
 def expand_sweep(experiment: str, extra: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> list[list[str]]:
     """The override list of every job of ``python run.py -m experiment=<experiment> <extra>``, in launch order."""
+    return _split(experiment, _sweep_params(experiment, extra, conf_dir), extra)
+
+
+def _sweep_params(experiment: str, extra: Sequence[str], conf_dir: Path) -> dict[str, Any]:
+    cfg = compose([f"experiment={experiment}", *extra], conf_dir, hydra_config=True)
+    return OmegaConf.to_container(cfg.hydra.sweeper.params) or {}  # type: ignore[return-value]
+
+
+def _split(experiment: str, params: dict[str, Any], extra: Sequence[str]) -> list[list[str]]:
+    """Hydra's basic sweeper on the swept ``params`` and the command line ``extra`` (a later value wins)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    cfg = compose([f"experiment={experiment}", *extra], conf_dir, hydra_config=True)
-    params = OmegaConf.to_container(cfg.hydra.sweeper.params) or {}
     arguments = [f"{k}={v}" for k, v in params.items()] + [f"experiment={experiment}", *extra]
-    overrides = OverridesParser.create().parse_overrides(arguments)
-    (jobs,) = BasicSweeper.split_arguments(overrides, None)
+    (jobs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
     return jobs
 
 
 def table_jobs(experiment: str, extra: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> list[list[str]]:
     """Every job of every sweep feeding ``experiment``'s table."""
     return [job for sweep in sweeps_of(experiment, conf_dir) for job in expand_sweep(sweep, extra, conf_dir)]
+
+
+def table_sweeps(table: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    """The sweeps whose cells ``table`` shows: those feeding it, less the ones that write a table of their own."""
+    own = set(tables_of(table, conf_dir))
+    return [s for s in sweeps_of(table, conf_dir) if s == table or s not in own]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def table_cells(table: str, overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> list[list[str]]:
+    """Every job whose runs ``table`` shows under ``overrides`` (what ``make reproduce-… ARGS=…`` passes).
+
+    An override of a swept key (``model=llama3_8b``) narrows what a sweep runs, not what its table shows: the table
+    has the cells of the whole grid under the other overrides, plus the cells the overrides name (which may lie
+    outside the grid, e.g. ``model=tiny_lm``).
+    """
+    named, grid = _cells(table, overrides, conf_dir)
+    return named + [job for job in grid if job not in named]
+
+
+def _cells(table: str, overrides: Sequence[str], conf_dir: Path) -> tuple[list[list[str]], list[list[str]]]:
+    """(the jobs the sweeps run under ``overrides``, the jobs of the whole grid under its non-swept overrides)."""
+    named: list[list[str]] = []
+    grid: list[list[str]] = []
+    for sweep in table_sweeps(table, conf_dir):
+        params = _sweep_params(sweep, overrides, conf_dir)
+        named += [job for job in _split(sweep, params, overrides) if job not in named]
+        recipe = [o for o in overrides if _key(o) not in params]
+        grid += [job for job in _split(sweep, params, recipe) if job not in grid]
+    return named, grid
+
+
+def runs_of_table(table: str, runs: Sequence[Any], overrides: Sequence[str] = (),
+                  conf_dir: Path = CONF_DIR) -> list[Any]:
+    """The ``runs`` (each with metrics.json's ``run`` dict) whose ``config_hash`` is one of ``table``'s cells."""
+    from hydra.errors import HydraException
+
+    recorded = [r.run for r in runs]
+    named, grid = _cells(table, overrides, conf_dir)
+    wanted: set[str] = set()
+    for job in named + [job for job in grid if job not in named]:
+        values = dict(o.split("=", 1) for o in job if _key(o) in RUN_FIELDS and "=" in o)
+        # composing a cell costs ~0.1 s: only cells that some run could be are composed and hashed
+        if not any(all(str(run.get(k)) == v for k, v in values.items()) for run in recorded):
+            continue
+        try:
+            wanted.add(config_hash(compose(job, conf_dir)))
+        except HydraException:
+            if job in named:
+                raise
+            # a grid cell the overrides do not apply to (eval.tasks.1.* on a one-task suite): nothing ran with them
+    return [r for r, run in zip(runs, recorded) if run.get("config_hash") in wanted]
