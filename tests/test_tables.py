@@ -76,3 +76,40 @@ def test_diagnostics_are_tabulated_like_accuracy() -> None:
     table = build_table(spec, runs)
     assert _row(table, "sds_lora")[3] == "0.52" and _row(table, "sds_lora")[6] == "7.40"
     assert _row(table, "lora")[3] == "0.30"
+
+
+# ------------------------------------------------------------------------------------------ pooling as seeds
+def _configured(method: str, score: float, seed: int, steps: int = 100, n: int = 200, rank: int = 32) -> RunResult:
+    run = _run(method, score, seed=seed, rank=rank)
+    run.path = Path(f"{method}-r{rank}-s{seed}-{steps}")
+    run._config = {"model": {"name": "llama3_8b"}, "method": {"name": method, "rank": rank}, "rank": rank,
+                   "seed": seed, "trainer": {"max_steps": steps}, "eval": {"tasks": [{"data": {"n": n}}]},
+                   "paths": {"results_dir": f"/somewhere/{seed}"}, "table": {"name": f"layout-{seed}"}}
+    return run
+
+
+def test_runs_that_differ_only_in_the_seed_are_pooled() -> None:
+    table = build_table(SPEC, [_configured("lora", 0.20, seed=0), _configured("lora", 0.30, seed=1)])
+    assert _row(table, "lora")[3] == "25.00 ± 7.07 (n=2)"    # paths and the table layout are not the recipe
+
+
+def test_runs_of_different_recipes_are_not_pooled_as_seeds() -> None:
+    runs = [_configured("lora", 0.20, seed=0, steps=20, n=10), _configured("lora", 0.07, seed=1, steps=100, n=200)]
+    with pytest.raises(ConfigError) as err:
+        build_table(SPEC, runs)
+    message = str(err.value)
+    assert "\n" not in message and "row (model=llama3_8b, method=lora, rank=32)" in message and "'GSM8K'" in message
+    assert "differ in eval.tasks, trainer.max_steps (runs: lora-r32-s0-20, lora-r32-s1-100)" in message
+
+
+def test_a_wildcard_row_pools_its_ranks_and_checks_the_seeds_of_each() -> None:
+    spec = {**SPEC, "wildcards": {"rank": "all"}}
+    reference = load_reference(REFERENCE_DIR / "sds_table2.yaml")
+    reference_rows = [{"model": "llama3_8b", "method": "lora", "rank": "all"}]
+    reference.rows = lambda: reference_rows  # type: ignore[method-assign]
+    runs = [_configured("lora", 0.2, seed=s, rank=r) for s in (0, 1) for r in (8, 32)]
+    line = next(l for l in build_table(spec, runs, reference).splitlines() if l.startswith("| llama3_8b | lora | all"))
+    assert "20.00 ± 0.00 (n=4)" in line                        # ranks differ by design, seeds alone within a rank
+    runs[0]._config["trainer"] = {"max_steps": 5}
+    with pytest.raises(ConfigError, match="trainer.max_steps"):
+        build_table(spec, runs, reference)
