@@ -257,6 +257,17 @@ def test_builder_fields_wildcards_task_means_and_na_cells() -> None:
     assert pooled[-3] == "25.00" and pooled[7] == "n/a"       # both ranks, four tasks pooled
 
 
+def test_loram_table2_mnli_is_the_overall_matched_and_mismatched_accuracy() -> None:
+    spec = _spec("loram_table2")
+    reference = load_reference(ROOT / spec["reference"])
+    run = _run({"model": "deberta_v3_base", "method": "lora", "rank": 8},
+               {"mnli_m": {"accuracy": 0.80, "n": 100}, "mnli_mm": {"accuracy": 0.90, "n": 300}})
+    lora = _cells(build_table(spec, [run], reference), "| deberta_v3_base | lora | 8 |")
+    assert lora[3:6] == ["87.50", "90.23", "-2.73 ⚠"]         # (80·100 + 90·300) / 400, not matched alone (80)
+    matched_only = _run(run.run, {"mnli_m": {"accuracy": 0.80, "n": 100}})
+    assert _cells(build_table(spec, [matched_only], reference), "| deberta_v3_base | lora | 8 |")[3] == "—"
+
+
 def test_builder_cost_columns_and_overheads() -> None:
     spec = _spec("sds_table6")
     reference = load_reference(ROOT / spec["reference"])

@@ -25,6 +25,7 @@ Optional keys (all backwards compatible; a spec without them behaves as before):
     note: "..."                     # one paragraph printed under the title (e.g. what a column measures)
     columns:
       - {header: Avg, tasks: [boolq, piqa], metric: accuracy, scale: 100}  # mean of the per-task means
+      - {header: MNLI, tasks: [mnli_m, mnli_mm], metric: accuracy, average: examples}  # over both sets' examples
       - {header: Average, tasks: [{task: gsm8k, metric: exact_match}, {task: mbpp, metric: pass@1}], scale: 100}
       - {header: "Main time (h)", source: steps, field: train_runtime, scale: 2.777777777777778e-04}
       - {header: "Memory (GB)", source: cost, field: peak_memory_bytes.gpu_allocated, scale: 9.313225746154785e-10}
@@ -58,6 +59,7 @@ from loralab.tables.grid import runs_of_table
 from loralab.tables.reference import NOT_APPLICABLE, ReferenceTable, load_reference
 
 SOURCES: tuple[str, ...] = ("eval", "cost", "train", "diagnostics", "steps")
+AVERAGES: tuple[str, ...] = ("tasks", "examples")
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,16 @@ class Column:
     source: str = "eval"                          # eval | cost | train | steps
     field: str | None = None                      # dotted path for the non-eval sources
     relative_to: Mapping[str, Any] | None = None  # percent change against another row
+    # with tasks: "tasks" = unweighted mean of the task means; "examples" = the metric over all the tasks' examples
+    # (each task weighted by its n), e.g. MNLI's overall matched + mismatched accuracy
+    average: str = "tasks"
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ConfigError(f"column {self.header!r}: source={self.source!r}; valid: {list(SOURCES)}")
+        if self.average not in AVERAGES or (self.average == "examples" and self.tasks is None):
+            raise ConfigError(f"column {self.header!r}: average={self.average!r}; valid: {list(AVERAGES)}, "
+                              "and 'examples' needs tasks")
         if self.source == "eval":
             if (self.task is None) == (self.tasks is None):
                 raise ConfigError(f"column {self.header!r}: an eval column needs exactly one of task / tasks")
@@ -147,7 +155,13 @@ class RunResult:
         return self.run.get(key)
 
     def column_value(self, column: Column) -> float | None:
-        """The (scaled) value of a single-task or non-eval column for this run, None when it has none."""
+        """The (scaled) value of a single-task, example-weighted or non-eval column for this run, None if it has none."""
+        if column.source == "eval" and column.tasks is not None:  # average: examples
+            scored = [self.scores.get(t, {}) for t, _ in column.task_metrics]
+            if not all(m in sc and sc.get("n") for sc, (_, m) in zip(scored, column.task_metrics)):
+                return None
+            total = sum(sc["n"] for sc in scored)
+            return sum(sc[m] * sc["n"] for sc, (_, m) in zip(scored, column.task_metrics)) / total * column.scale
         if column.source == "eval":
             assert column.task is not None
             value = self.scores.get(column.task, {}).get(column.metric) if column.task in self.scores else None
@@ -292,7 +306,7 @@ def tabulate(spec: dict[str, Any], runs: list[RunResult], reference: ReferenceTa
                     _check_seeds_only(group, _open_keys(row, ref_row, wildcards), fields, f"{where} (baseline)")
                 ours_text, ours = _relative(_column_mean(column, row_runs), _column_mean(column, base_runs), smoke)
                 used = row_runs + base_runs
-            elif column.tasks is not None:
+            elif column.tasks is not None and column.average == "tasks":
                 ours_text, ours = _task_mean(column, row_runs, smoke)
                 used = [r for r in row_runs if any(t in r.scores for t in column.eval_tasks)]
             else:
@@ -399,7 +413,7 @@ def _fmt_row(row: dict[str, Any]) -> str:
 
 
 def _column_mean(column: Column, runs: list[RunResult]) -> float | None:
-    if column.tasks is not None:
+    if column.tasks is not None and column.average == "tasks":
         return _task_mean(column, runs, False)[1]
     values = [v for r in runs if (v := r.column_value(column)) is not None]
     return statistics.fmean(values) if values else None
