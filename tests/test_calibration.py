@@ -110,5 +110,8 @@ def test_metrics_record_the_calibration_data_the_method_got(results_dir: Path) -
     assert metrics["train"]["calibration"] == {
         "source": "the first `samples` training examples", "samples": 3, "batch_size": 1, "batches": 3,
         "option": "method.calibration_samples=3"}
-    plain = run(compose("trainer.max_steps=1", "trainer.save_steps=1", "eval.tasks.0.data.n=2", runs_dir=results_dir))
-    assert plain["train"]["calibration"] is None             # LoRA's init looks at no data
+    loram = run(compose("method=loram", "trainer.max_steps=1", "trainer.save_steps=1", "eval.tasks.0.data.n=2",
+                        runs_dir=results_dir))
+    assert loram["train"]["calibration"] is None              # LoRAM's init looks at no data
+    step0 = loram["train"]["init"]["step0_weight_error"]
+    assert step0["layers"] == 28 and step0["max"] < 1e-6        # every adapted layer; fp32 stores W_res exactly

@@ -186,3 +186,37 @@ def test_tracking_lora_ga_matches_the_stable_reference_init():
         ref = (factor * u[:, rank : 2 * rank]) @ (factor * vh[:rank])
         assert nu(b0 @ a0) == pytest.approx(nu(ref), rel=1e-5)
         assert b0[:, 0].norm() == pytest.approx(factor, rel=1e-5)  # on DST bases β is LoRA-GA's own factor
+
+
+class OneLinear(torch.nn.Module):
+    def __init__(self, size: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(size, size, bias=False, dtype=dtype)
+        with torch.no_grad():
+            self.proj.weight.copy_(0.02 * torch.randn(size, size, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize(("dtype", "options", "low", "high"), [
+    # LoRAM + rsLoRA at r = 128, uncompensated: ‖s·B0A0‖ ≈ √(s²·Q) ≈ 9.5 ‖W‖, so W_res rounded to bf16 moves W by ~1 %
+    (torch.bfloat16, dict(use_rslora=True), 5e-3, 2e-2),
+    (torch.bfloat16, dict(use_rslora=True, compensate_scaling=True), 5e-4, 3e-3),   # s·B0A0 back to Q·ν[W]
+    (torch.bfloat16, dict(), 5e-4, 3e-3),                                           # the paper's s = 1
+    (torch.float32, dict(use_rslora=True), 0.0, 1e-5),
+])
+def test_step0_change_of_the_stored_residual_is_measured_and_reported(dtype, options, low, high, caplog):
+    rank = 128
+    model = OneLinear(1024, dtype)
+    w = model.proj.weight.detach().double().clone()
+    method = LoRAM(rank=rank, alpha=float(rank), **options)
+    method.validate(model, ["proj"])
+    with caplog.at_level("WARNING"):
+        peft_model = method.prepare(model, ["proj"])
+    layer = peft_model.base_model.model.proj
+    s = layer.scaling["default"]
+    b0, a0 = layer.lora_B["default"].weight.detach().double(), layer.lora_A["default"].weight.detach().double()
+    step0 = float((layer.get_base_layer().weight.double() + s * b0 @ a0 - w).norm() / w.norm())
+    summary = method.init_summary()["step0_weight_error"]
+    assert summary["layers"] == 1 and summary["max"] == summary["mean"]
+    assert summary["max"] == pytest.approx(step0, rel=1e-2, abs=1e-5)  # fp32 arithmetic of W_res: ~1e-6
+    assert low <= step0 < high
+    assert ("changes the weights by up to" in caplog.text) == (step0 > 5e-3)  # warned of above 0.5 %

@@ -190,6 +190,7 @@ def _save_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, trai
             "resumed_from": resume_from,
             "skipped_checkpoints": [s.describe() for s in skipped],
             "calibration": request.record() if (request := method.calibration_request()) else None,
+            "init": method.init_summary(),
         },
         "cost": {
             "wall_time_s": round(time.time() - started, 2), "peak_memory_bytes": peak_memory_bytes(),

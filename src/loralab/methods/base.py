@@ -143,6 +143,10 @@ class Method:
     ) -> nn.Module:
         raise NotImplementedError
 
+    def init_summary(self) -> dict[str, Any] | None:
+        """What ``prepare`` did that a reader of the results should see (recorded in metrics.json train.init)."""
+        return None
+
     def build_optimizer(self, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer | None:
         """Return a custom optimiser, or None for the trainer's default AdamW."""
         return None

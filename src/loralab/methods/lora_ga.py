@@ -167,16 +167,16 @@ class LoRAGA(ResidualLoRA):
             base_name = name.split("base_model.model.", 1)[-1]
             if base_name not in grads:
                 continue
-            self._init_layer(module, grads[base_name])
+            self.step0_errors[name] = self._init_layer(module, grads[base_name])
         return peft_model
 
     @torch.no_grad()
-    def _init_layer(self, module: LoraLayer, grad: torch.Tensor) -> None:
+    def _init_layer(self, module: LoraLayer, grad: torch.Tensor) -> float:
         a0, b0 = loraga_factors(
             grad, self.rank, self.scaling, self.direction, self.scale, self.stable_gamma,
             self.svd_method, self.svd_niter, self.seed,
         )
-        set_residual_init(module, a0, b0)
+        return set_residual_init(module, a0, b0)
 
     def merge(self, model: nn.Module) -> nn.Module:
         assert isinstance(model, PeftModel), "LoRAGA.merge expects the PeftModel returned by prepare()"

@@ -212,6 +212,6 @@ class LoRAM(ResidualLoRA):
                 )
             lora_B = (beta * basis_n).to(weight.device, weight.dtype)
             lora_A = (beta * basis_m.T).to(weight.device, weight.dtype)
-            set_residual_init(layer, lora_A, lora_B)
+            self.step0_errors[name] = set_residual_init(layer, lora_A, lora_B)
             self.init_stats[name] = {"beta": beta, "gain": q, "target_magnitude": target, "scaling": s}
         return peft_model

@@ -55,5 +55,5 @@ class MiLoRA(ResidualLoRA):
                     f"milora: the {layer.r['default']} smallest singular values of '{name}' are all zero, so "
                     "A0 = B0 = 0 and the adapter cannot learn; use a method with a non-degenerate init for this layer"
                 )
-            set_residual_init(layer, lora_A, lora_B)
+            self.step0_errors[name] = set_residual_init(layer, lora_A, lora_B)
         return peft_model

@@ -12,10 +12,11 @@ initial adapter on disk.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -28,6 +29,10 @@ from loralab.methods.base import CalibrationBatches
 from loralab.methods.lora import LoRA
 
 ADAPTER = "default"
+# A residual init that moves the weights by more than this at step 0 (bf16 rounding of a large W_res) is warned of;
+# the paper's LoRAM (s = 1) in bf16 moves them by ~0.2 %.
+STEP0_WARN = 5e-3
+log = logging.getLogger(__name__)
 
 
 def lora_linear_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
@@ -43,11 +48,13 @@ def init_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 @torch.no_grad()
-def set_residual_init(layer: LoraLayer, lora_A: torch.Tensor, lora_B: torch.Tensor) -> None:
+def set_residual_init(layer: LoraLayer, lora_A: torch.Tensor, lora_B: torch.Tensor) -> float:
     """Install (A0, B0) in a PEFT layer and replace its frozen weight by ``W − s·B0A0``.
 
     The math runs in :func:`init_dtype` of the weight (fp32 for bf16/fp16/fp32 models, fp64 for fp64 ones), from the
     factors *as stored* in the adapter, so ``W_res + s·B0A0`` reproduces W up to the rounding of W_res alone.
+    Returns that step-0 change of the layer, ‖W_res + s·B0A0 − W‖_F / ‖W‖_F: the rounding of W_res to the model
+    dtype, which grows with ‖s·B0A0‖ (bf16 LoRAM + rsLoRA without compensation: ~1 % at r = 128).
     """
     base = layer.get_base_layer()
     weight = base.weight
@@ -56,8 +63,10 @@ def set_residual_init(layer: LoraLayer, lora_A: torch.Tensor, lora_B: torch.Tens
     layer.lora_B[ADAPTER].weight.data = lora_B.to(layer.lora_B[ADAPTER].weight.dtype).contiguous()
     dtype = init_dtype(weight)
     a0, b0 = layer.lora_A[ADAPTER].weight.to(dtype), layer.lora_B[ADAPTER].weight.to(dtype)
-    residual = weight.to(dtype) - s * (b0 @ a0)
+    original = weight.to(dtype)
+    residual = original - s * (b0 @ a0)
     base.weight.data = residual.to(weight.dtype)
+    return float((base.weight.to(dtype) - residual).norm() / original.norm().clamp_min(torch.finfo(dtype).tiny))
 
 
 @dataclass
@@ -66,6 +75,15 @@ class ResidualLoRA(LoRA):
 
     # (A0, B0) as PEFT state-dict entries, kept on the CPU for the converted save; filled by ``prepare``.
     _initial: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
+    # Per layer, the step-0 change the stored residual leaves (see set_residual_init); filled by inits that use it.
+    step0_errors: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def init_summary(self) -> dict[str, Any] | None:
+        """How far the rounded residual moves the model at step 0 (relative Frobenius error of W, over layers)."""
+        if not self.step0_errors:
+            return None
+        errors = list(self.step0_errors.values())
+        return {"step0_weight_error": {"max": max(errors), "mean": sum(errors) / len(errors), "layers": len(errors)}}
 
     def create_peft_model(
         self,
@@ -84,7 +102,11 @@ class ResidualLoRA(LoRA):
         modules_to_save: list[str] | None = None,
         calibration: CalibrationBatches | None = None,
     ) -> nn.Module:
+        self.step0_errors = {}
         peft_model = self.create_peft_model(model, target_modules, modules_to_save, calibration)
+        if self.step0_errors and (worst := max(self.step0_errors.values())) > STEP0_WARN:
+            log.warning("%s: storing the residual W − s·B0A0 in the model's dtype changes the weights by up to %.2g %% "
+                        "(relative Frobenius) at step 0; recorded in metrics.json (train.init)", self.name, 100 * worst)
         state = get_peft_model_state_dict(peft_model)
         self._initial = {k: v.detach().cpu().clone() for k, v in state.items() if ".lora_A." in k or ".lora_B." in k}
         return peft_model
