@@ -15,7 +15,7 @@ from loralab.errors import ConfigError
 from loralab.rundir import config_hash
 
 # Swept keys that a run also records under metrics.json's "run" (a config group's option is named after its
-# file, which tests/test_config.py checks): cells whose values differ from every run's are not composed.
+# file, which tests/test_table_selection.py checks): cells whose values differ from every run's are not composed.
 RUN_FIELDS = ("model", "method", "dataset", "rank", "seed")
 
 CONF_DIR: Path = Path(__file__).resolve().parents[3] / "conf"
