@@ -54,8 +54,8 @@ import yaml
 
 from loralab.errors import ConfigError
 from loralab.io import read_json
-from loralab.rundir import NON_SEMANTIC_KEYS
 from loralab.tables.grid import runs_of_table
+from loralab.tables.pooling import check_one_batch, check_seeds_only, open_keys, pooled_groups
 from loralab.tables.reference import NOT_APPLICABLE, ReferenceTable, load_reference
 
 SOURCES: tuple[str, ...] = ("eval", "cost", "train", "diagnostics", "steps")
@@ -289,7 +289,7 @@ def tabulate(spec: dict[str, Any], runs: list[RunResult], reference: ReferenceTa
     rows: list[Row] = []
     for row, ref_row in keys:
         row_runs = runs_of(row, ref_row)
-        _check_one_batch(spec["name"], row, row_runs)
+        check_one_batch(spec["name"], row, row_runs)
         smoke = any(r.smoke for r in row_runs)
         cells = []
         for column in columns:
@@ -298,12 +298,12 @@ def tabulate(spec: dict[str, Any], runs: list[RunResult], reference: ReferenceTa
                 cells.append(Cell("n/a", None, None, None, False, not_applicable=True))
                 continue
             where = f"table {spec['name']}, row {_fmt_row(row)}, column {column.header!r}"
-            for group in _pooled_groups(column, row_runs):
-                _check_seeds_only(group, _open_keys(row, ref_row, wildcards), fields, where)
+            for group in pooled_groups(column, row_runs):
+                check_seeds_only(group, open_keys(row, ref_row, wildcards), fields, where)
             if column.relative_to:
                 base_runs = runs_of({**row, **column.relative_to}, ref_row)  # e.g. the LoRA row of this model
-                for group in _pooled_groups(column, base_runs):
-                    _check_seeds_only(group, _open_keys(row, ref_row, wildcards), fields, f"{where} (baseline)")
+                for group in pooled_groups(column, base_runs):
+                    check_seeds_only(group, open_keys(row, ref_row, wildcards), fields, f"{where} (baseline)")
                 ours_text, ours = _relative(_column_mean(column, row_runs), _column_mean(column, base_runs), smoke)
                 used = row_runs + base_runs
             elif column.tasks is not None and column.average == "tasks":
@@ -347,65 +347,6 @@ def render_markdown(table: Table) -> str:
 
 def build_table(spec: dict[str, Any], runs: list[RunResult], reference: ReferenceTable | None = None) -> str:
     return render_markdown(tabulate(spec, runs, reference))
-
-
-def _check_one_batch(table: str, row: dict[str, Any], runs: list[RunResult]) -> None:
-    """Runs pooled in one row must train with the same global batch (e.g. not one process at per-device batch
-    4 and two processes at per-device batch 4): otherwise they are different experiments, not seeds."""
-    batches = {r.global_train_batch for r in runs}
-    if len(batches) > 1:
-        found = ", ".join(f"{r.path.name}: {r.global_train_batch} ({r.run.get('world_size', 1)} process(es))"
-                          for r in runs)
-        raise ConfigError(
-            f"table {table}: row {row} would pool runs of different global batch sizes ({found}); "
-            f"keep one, or select by it with filter: {{global_train_batch: N}}"
-        )
-
-
-def _pooled_groups(column: Column, runs: list[RunResult]) -> list[list[RunResult]]:
-    """The sets of runs whose values are averaged into one number of ``column`` (one per task of a task mean)."""
-    if column.source == "eval":
-        return [[r for r in runs if metric in r.scores.get(task, {})] for task, metric in column.task_metrics]
-    return [[r for r in runs if r.column_value(column) is not None]]
-
-
-def _open_keys(row: dict[str, Any], from_reference: bool, wildcards: Mapping[str, Any]) -> list[str]:
-    """Row keys a reference row leaves open (null, or its wildcard value): their runs are grouped, not seeds."""
-    if not from_reference:
-        return []
-    return [k for k, want in row.items() if want is None or (k in wildcards and str(want) == str(wildcards[k]))]
-
-
-def _check_seeds_only(runs: list[RunResult], open_keys: list[str], fields: Mapping[str, str], where: str) -> None:
-    """ConfigError unless the runs pooled as seeds have resolved configs that differ in ``seed`` alone.
-
-    Runs that differ in an open row key (a wildcard row pools both ranks) are separate groups, each checked alone.
-    """
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for run in runs:
-        key = tuple(str(run.field_value(k, fields)) for k in open_keys)
-        groups.setdefault(key, []).append(_flat({k: v for k, v in run.config.items() if k not in NON_SEMANTIC_KEYS}))
-    differing: set[str] = set()
-    for configs in groups.values():
-        for key in set().union(*configs):
-            if key != "seed" and len({repr(c.get(key)) for c in configs}) > 1:
-                differing.add(key)
-    if differing:
-        names = sorted(differing)
-        raise ConfigError(
-            f"{where}: refusing to pool {len(runs)} runs as seeds, their configs differ in {', '.join(names[:8])}"
-            f"{f' (+{len(names) - 8} more)' if len(names) > 8 else ''} (runs: {', '.join(r.path.name for r in runs)})"
-        )
-
-
-def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _fmt_row(row: dict[str, Any]) -> str:
