@@ -15,13 +15,15 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from browser import chromium_path, open_page
-from conftest import ROOT
+from conftest import ROOT, compose
 from loralab.io import atomic_write_json
 from loralab.reports.curves import curves_figure, panels, read_steps, write_curves
 from loralab.reports.html import pareto_front, step_time
+from loralab.rundir import config_hash
 from loralab.tables.build import RunResult
 
 METHODS = {"lora": (0.62, 81_920, 0.11), "pissa": (0.66, 81_920, 0.12), "sds_lora": (0.71, 81_920, 0.13),
@@ -41,12 +43,14 @@ def write_run(runs: Path, method: str, seed: int, diagnostics: bool = False, kil
                           "diag/subspace_A": math.nan, "diag/sds": 0.0})
     lines.append({"step": steps, "train_runtime": per_step * steps, "train_loss": 1.0})
     run.mkdir(parents=True)
+    cfg = compose("experiment=embedded", f"method={method}", f"seed={seed}")  # a cell of the embedded table
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     partial = '{"step": 61, "lo' if killed_mid_line else ""  # what a process killed while logging leaves
     (run / "steps.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines) + partial)
     atomic_write_json(run / "status.json", {"state": "finished"})
     atomic_write_json(run / "metrics.json", {
-        "run": {"name": run.name, "model": "tiny_lm", "method": method, "rank": 8, "dataset": "arith_shift",
-                "seed": seed, "smoke": False},
+        "run": {"name": run.name, "config_hash": config_hash(cfg), "model": "tiny_lm", "method": method, "rank": 8,
+                "dataset": "arith_shift", "seed": seed, "smoke": False},
         "eval": {"protocol": "loralab-arith-exact-match/v1+native",
                  "tasks": {"arith_word_problems": {"exact_match": score + 0.01 * seed, "n": 200}}},
         "train": {"steps": steps, "resumed_from": None},
@@ -91,7 +95,8 @@ def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
         write_curves(run)
     out_dir = tmp_path / "tables"
     result = subprocess.run([sys.executable, "scripts/build_table.py", "--experiment", "embedded", "--runs", str(runs),
-                             "--out-dir", str(out_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                             "--out-dir", str(out_dir), "seed=0,1"],  # as the sweep `run.py -m ... seed=0,1`
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = out_dir / "embedded.html"
     text = report.read_text(encoding="utf-8")

@@ -71,6 +71,8 @@ def test_overrides_of_swept_keys_keep_the_whole_grid_and_add_the_cells_they_name
     whole = [c for c in cells if "model=tiny_deberta" not in c]
     assert len(named) == len(whole) == len(grid)
     assert all(c[-1] == "trainer.max_steps=2" and "model=deberta_v3_base" in c for c in whole)
+    # a sweep given on the command line (`run.py -m experiment=embedded seed=0,1`) is swept here too
+    assert sorted(c[-1] for c in table_cells("embedded", ["seed=0,1"])) == ["seed=0"] * 5 + ["seed=1"] * 5
 
 
 def test_group_options_are_named_after_their_files() -> None:
@@ -78,3 +80,17 @@ def test_group_options_are_named_after_their_files() -> None:
     for group in ("model", "method", "dataset"):
         for file in (ROOT / "conf" / group).glob("*.yaml"):
             assert OmegaConf.load(file).name == file.stem, file
+
+
+def test_a_multi_process_run_of_a_cell_is_shown(tmp_path: Path) -> None:
+    # its hash includes the launch (world size, global batch): the table hashes the cell as launched that way
+    cfg = compose("experiment=loram_table1", *SHARED_CELL)
+    run_dir = tmp_path / "two-processes"
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_json(run_dir / "metrics.json", {
+        "run": {"config_hash": config_hash(cfg, processes=2), "model": "llama2_7b", "method": "pissa", "rank": 16,
+                "dataset": "metamathqa", "seed": 0, "world_size": 2, "global_train_batch": 256},
+        "eval": {"protocol": cfg.eval.protocol, "tasks": {"gsm8k": {"exact_match": 0.3, "n": 1319}}}})
+    atomic_write_json(run_dir / "status.json", {"state": "finished"})
+    assert config_hash(cfg, processes=2) != config_hash(cfg)
+    assert _gsm8k("loram_table1", tmp_path) == "30.00"

@@ -60,7 +60,12 @@ def expand_sweep(experiment: str, extra: Sequence[str] = (), conf_dir: Path = CO
 
 
 def _sweep_params(experiment: str, extra: Sequence[str], conf_dir: Path) -> dict[str, Any]:
-    cfg = compose([f"experiment={experiment}", *extra], conf_dir, hydra_config=True)
+    """The experiment's ``hydra.sweeper.params``, composed with the ``extra`` that are not sweeps (``seed=0,1``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(extra))
+    single = [text for text, o in zip(extra, parsed) if not o.is_sweep_override()]
+    cfg = compose([f"experiment={experiment}", *single], conf_dir, hydra_config=True)
     return OmegaConf.to_container(cfg.hydra.sweeper.params) or {}  # type: ignore[return-value]
 
 
@@ -123,12 +128,16 @@ def runs_of_table(table: str, runs: Sequence[Any], overrides: Sequence[str] = ()
     for job in named + [job for job in grid if job not in named]:
         values = dict(o.split("=", 1) for o in job if _key(o) in RUN_FIELDS and "=" in o)
         # composing a cell costs ~0.1 s: only cells that some run could be are composed and hashed
-        if not any(all(str(run.get(k)) == v for k, v in values.items()) for run in recorded):
+        candidates = [run for run in recorded if all(str(run.get(k)) == v for k, v in values.items())]
+        if not candidates:
             continue
         try:
-            wanted.add(config_hash(compose(job, conf_dir)))
+            cfg = compose(job, conf_dir)
         except HydraException:
             if job in named:
                 raise
-            # a grid cell the overrides do not apply to (eval.tasks.1.* on a one-task suite): nothing ran with them
+            continue  # a grid cell the overrides do not apply to (eval.tasks.1.* on a one-task suite): none ran
+        # a multi-process run's hash includes its launch (config_hash): the cell as launched on that many processes
+        for processes in {int(run.get("world_size") or 1) for run in candidates}:
+            wanted.add(config_hash(cfg, processes=processes))
     return [r for r, run in zip(runs, recorded) if run.get("config_hash") in wanted]
