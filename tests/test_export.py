@@ -69,8 +69,11 @@ def finished_run(tmp_path: Path, base_dir: Path, name: str, rank: int = 8) -> tu
 
 
 def readme_rows() -> dict[str, tuple[str, str, str]]:
+    """Rows of the export table in the README's "Sharing and serving a run" section (other sections have
+    per-method tables of their own)."""
     rows = {}
-    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Sharing and serving a run\n")[1]
+    for line in section.split("\n## ")[0].splitlines():
         if match := README_ROW.match(line):
             rows[match[1]] = (match[2].strip(), match[3].strip(), match[4].strip())
     return rows
