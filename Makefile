@@ -63,7 +63,7 @@ $(addprefix reproduce-,$(PAPER_TABLES)): reproduce-%: install
 ifeq ($(PLAN),1)
 	$(PY) scripts/plan.py --experiment $(call paper_experiment,$*) $(ARGS)
 else
-	@sweeps=$$($(PY) scripts/plan.py --experiment $(call paper_experiment,$*) --sweeps) || exit 2; \
+	@sweeps=$$($(PY) scripts/plan.py --experiment $(call paper_experiment,$*) --sweeps $(ARGS)) || exit 2; \
 	tables=$$($(PY) scripts/plan.py --experiment $(call paper_experiment,$*) --tables) || exit 2; \
 	status=0; \
 	for sweep in $$sweeps; do \

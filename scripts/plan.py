@@ -4,7 +4,8 @@
     python scripts/plan.py --experiment sds_table1 model=llama3_8b  # overrides narrow the sweep as with run.py -m
     python scripts/plan.py --experiment sds_table1 --out results/plans/sds_table1.md
     python scripts/plan.py --calibration                            # only the Table 6 calibration
-    python scripts/plan.py --experiment sds_table7 --sweeps         # the sweep names (used by the Makefile)
+    python scripts/plan.py --experiment sds_table7 --sweeps         # the sweep names (used by the Makefile), after
+                                                                    # checking every cell has a labelled lr
     python scripts/plan.py --experiment sds_table7 --tables         # the tables those sweeps write
 
 The estimate (memory model, FLOP model, the assumed throughput and its calibration against SDS-LoRA Table 6)
@@ -20,7 +21,8 @@ from hydra.errors import HydraException
 
 from loralab.errors import LoralabError
 from loralab.io import atomic_write_text
-from loralab.tables.grid import CONF_DIR, sweeps_of, tables_of
+from loralab.lr_source import refusal, sweep_problems
+from loralab.tables.grid import CONF_DIR, sweep_configs, sweeps_of, tables_of
 from loralab.tables.plan import calibrate, plan, render_calibration, render_plan
 
 
@@ -39,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.calibration:
             print(render_calibration(calibrate(CONF_DIR), CONF_DIR))
             return 0
+        if args.sweeps:  # the Makefile runs these next: refuse first if any cell's learning rate is unlabelled
+            cell_overrides = [o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+            problems = sweep_problems(sweep_configs(args.experiment, cell_overrides))
+            if problems:
+                print(f"error: {refusal(problems, f'experiment {args.experiment}')}", file=sys.stderr)
+                return 2
         if args.sweeps or args.tables:
             print("\n".join(sweeps_of(args.experiment) if args.sweeps else tables_of(args.experiment)))
             return 0

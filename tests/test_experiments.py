@@ -12,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose
+from loralab.lr_source import lr_problem
 from loralab.tables.build import Column, RunResult, build_from_spec, build_table
 from loralab.tables.architectures import ARCHITECTURES
 from loralab.tables.grid import expand_sweep, sweeps_of, table_sweeps, tables_of
@@ -75,6 +76,7 @@ def test_experiment_composes_and_its_grid_has_the_papers_cells(name: str) -> Non
         cell = compose(*[f"{k}={v}" for k, v in job.items()])
         i = jobs.index(job)
         assert cell.method.name == jobs[i]["method"] and cell.dataset.name == jobs[i].get("dataset", cell.dataset.name)
+        assert lr_problem(cell) is None, lr_problem(cell)      # every cell runs at a labelled learning rate
 
 
 @pytest.mark.parametrize("table", TABLES)

@@ -25,6 +25,7 @@ from loralab.errors import ConfigError
 from loralab.evaluation.checks import check_suite, check_suite_fits_model
 from loralab.evaluation.evaluator import evaluate_suite, load_suite_records
 from loralab.io import atomic_write_dir, atomic_write_json, atomic_write_text, read_json
+from loralab.lr_source import check_learning_rate
 from loralab.methods.base import Method, calibration_batches, count_trainable
 from loralab.models.loading import load_model, model_provenance
 from loralab.provenance import git_state, hardware, package_versions, peak_memory_bytes
@@ -51,6 +52,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             "trainer.bf16=true needs a CUDA GPU and none is visible; use trainer.bf16=false on this machine"
         )
+    check_learning_rate(cfg)  # a paper table's cell runs at a labelled learning rate (PAPER/INFERRED/TUNED)
     check_suite(cfg.eval)
 
 

@@ -71,10 +71,16 @@ def _sweep_params(experiment: str, extra: Sequence[str], conf_dir: Path) -> dict
 
 def _split(experiment: str, params: dict[str, Any], extra: Sequence[str]) -> list[list[str]]:
     """Hydra's basic sweeper on the swept ``params`` and the command line ``extra`` (a later value wins)."""
+    return split_jobs(params, [f"experiment={experiment}", *extra])
+
+
+def split_jobs(params: dict[str, Any], task_overrides: Sequence[str]) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper makes of ``hydra.sweeper.params`` and the command line's overrides (a
+    command-line value replaces the swept one); also what a running sweep's lr check reads."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    arguments = [f"{k}={v}" for k, v in params.items()] + [f"experiment={experiment}", *extra]
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(task_overrides)
     (jobs,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
     return jobs
 
@@ -82,6 +88,17 @@ def _split(experiment: str, params: dict[str, Any], extra: Sequence[str]) -> lis
 def table_jobs(experiment: str, extra: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> list[list[str]]:
     """Every job of every sweep feeding ``experiment``'s table."""
     return [job for sweep in sweeps_of(experiment, conf_dir) for job in expand_sweep(sweep, extra, conf_dir)]
+
+
+def sweep_configs(experiment: str, extra: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> list[DictConfig]:
+    """The composed config of every job the sweeps feeding ``experiment``'s table run; jobs that differ only by
+    seed are composed once (for checks that do not depend on the seed)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    jobs = {tuple(o for o in job if not o.startswith("seed=")): job for job in table_jobs(experiment, extra, conf_dir)}
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+        return [hydra_compose(config_name="config", overrides=list(job)) for job in jobs.values()]
 
 
 def table_sweeps(table: str, conf_dir: Path = CONF_DIR) -> list[str]:
