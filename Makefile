@@ -79,6 +79,14 @@ endif
 $(addprefix plan-,$(PAPER_TABLES)): plan-%: install
 	$(PY) scripts/plan.py --experiment $(call paper_experiment,$*) $(ARGS)
 
+# Each (model, method, data set) row of a table at its own learning rate: the experiment's declared proxy (tune_lr:
+# grid, steps, subset) picks the rate by held-out loss and writes conf/tuned_lr/<sweep>/<row>.yaml (label TUNED)
+#   make tune-lr EXPERIMENT=sds_table2 [ARGS="model=llama3_8b"]
+.PHONY: tune-lr
+tune-lr: install
+	@test -n "$(EXPERIMENT)" || { echo "usage: make tune-lr EXPERIMENT=<experiment with a tune_lr block>"; exit 2; }
+	$(PY) scripts/tune_lr.py --experiment $(EXPERIMENT) paths.results_dir=$(RESULTS) $(ARGS)
+
 reproduce-rank-params: install
 	$(PY) scripts/rank_params_table.py --out-dir $(RESULTS)/tables
 

@@ -25,7 +25,7 @@ FIXTURES = ROOT / "tests" / "fixtures" / "data"
 
 # Cells of every sweep: the paper's grids (models × methods × ranks × data sets × seeds).
 GRID_SIZES: dict[str, int] = {
-    "embedded": 5,
+    "embedded": 5, "sds_curves": 2 * 5,
     "sds_table1": 2 * 6 * 2, "sds_table1_full_ft": 2,
     "sds_table2": 2 * 6 * 2 * 2, "sds_table2_full_ft": 2 * 2,
     "sds_table3": 2 * 6 * 2 * 5, "sds_table3_full_ft": 2 * 5,
@@ -56,7 +56,7 @@ def _jobs(name: str) -> list[dict[str, str]]:
 def test_every_experiment_file_is_accounted_for() -> None:
     names = {p.stem for p in EXPERIMENTS.glob("*.yaml")}
     assert names == set(GRID_SIZES) | {"rank_params"}
-    assert {s for t in TABLES for s in sweeps_of(t)} | {"embedded"} == set(GRID_SIZES)
+    assert {s for t in TABLES for s in sweeps_of(t)} | {"embedded", "sds_curves"} == set(GRID_SIZES)
 
 
 @pytest.mark.parametrize("name", sorted(GRID_SIZES))

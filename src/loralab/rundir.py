@@ -19,9 +19,10 @@ from loralab.distributed import global_train_batch, world_size
 from loralab.io import atomic_write_json, read_json
 
 # Top-level keys that never change what a run computes. ``table`` lays results out in a paper table: a cell two
-# tables share is one run, and renaming a column re-runs nothing. ``lr_source`` says where the learning rate came
-# from; the rate itself, trainer.learning_rate, is hashed.
-NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "progress", "force_rerun", "diagnostics", "table", "lr_source")
+# tables share is one run, and renaming a column re-runs nothing. ``lr_source`` and ``tune_lr`` say where the
+# learning rate came from and how it would be tuned; the rate itself, trainer.learning_rate, is hashed.
+NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "progress", "force_rerun", "diagnostics", "table", "lr_source",
+                     "tune_lr")
 
 STATUS_FILE = "status.json"
 

@@ -35,6 +35,7 @@ from loralab.tracking import track_run
 from loralab.training.checkpoints import resumable_checkpoint
 from loralab.training.callbacks import StepLogCallback
 from loralab.training.diagnostics import diagnostics_callback, summarise
+from loralab.training.heldout import heldout_loss, proxy_split
 from loralab.training.parallelism import check_launch
 from loralab.training.termination import Terminated, TerminationFlag, graceful_termination
 from loralab.training.trainer import build_trainer, loss_summary, train_or_restore, training_arguments
@@ -74,6 +75,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     targets = list(cfg.method.get("target_modules") or cfg.model.target_modules)
     method.validate(model, targets)
     examples, collator = training_examples(cfg.dataset, tokenizer)
+    examples, heldout = proxy_split(examples, cfg.get("proxy"), cfg.dataset.name)  # tune-lr proxy runs only
     eval_records = load_suite_records(cfg.eval)
     check_suite_fits_model(cfg.eval, model, tokenizer)
     total_params = sum(p.numel() for p in model.parameters())
@@ -94,7 +96,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         with graceful_termination() as termination, track_run(cfg, run_dir.path) as tracker:
             metrics = _train_evaluate_record(cfg, run_dir, method, model, tokenizer, examples, collator,
                                              eval_records, started, trainable, total_params, attempt, progress,
-                                             termination)
+                                             termination, heldout)
             tracker.log_result(metrics)
     except BaseException as err:
         # Whatever stops a run after its directory exists is recorded there, so no run is left "running";
@@ -131,7 +133,8 @@ def _open_run_dir(cfg: DictConfig, run_dir: RunDir) -> int:
 def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, model: torch.nn.Module,
                            tokenizer: Any, examples: Any, collator: Any, eval_records: Any, started: float,
                            trainable: int, total_params: int, attempt: int,
-                           progress: dict[str, Any], termination: TerminationFlag) -> dict[str, Any]:
+                           progress: dict[str, Any], termination: TerminationFlag,
+                           heldout: Any = None) -> dict[str, Any]:
     progress["stage"] = "resume"
     resume_from, skipped = distributed.on_main(_resume_point, run_dir, attempt)
     progress["resumed_from"] = resume_from
@@ -149,10 +152,13 @@ def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, mod
         raise Terminated(f"received SIGTERM; stopped after step {trainer.state.global_step} and saved a "
                          "checkpoint there: run the same command again to resume")
 
+    # the lr-selection proxy's score, on every rank (the Trainer's evaluation loop gathers across processes)
+    train_extra = {"heldout_loss": heldout_loss(trainer, heldout)} if heldout is not None else {}
+
     # 3.-4. on the main process only, the other ranks waiting: save, evaluate, record
     return distributed.on_main(_save_evaluate_record, cfg, run_dir, method, trainer, train_output, tokenizer,
                                eval_records, started, trainable, total_params, resume_from, skipped, progress,
-                               diagnostics)
+                               diagnostics, train_extra)
 
 
 def _resume_point(run_dir: RunDir, attempt: int) -> tuple[str | None, list[Any]]:
@@ -165,7 +171,7 @@ def _resume_point(run_dir: RunDir, attempt: int) -> tuple[str | None, list[Any]]
 def _save_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, trainer: Any, train_output: Any,
                           tokenizer: Any, eval_records: Any, started: float, trainable: int, total_params: int,
                           resume_from: str | None, skipped: list[Any], progress: dict[str, Any],
-                          diagnostics: Any) -> dict[str, Any]:
+                          diagnostics: Any, train_extra: dict[str, Any]) -> dict[str, Any]:
     # 3. save the trained weights (swapped in whole, never half-written), then evaluate
     progress["stage"] = "save"
     weights = atomic_write_dir(run_dir.path / "adapter", lambda out: method.save(trainer.model, out))
@@ -193,6 +199,7 @@ def _save_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, trai
             "skipped_checkpoints": [s.describe() for s in skipped],
             "calibration": request.record() if (request := method.calibration_request()) else None,
             "init": method.init_summary(),
+            **train_extra,
         },
         "cost": {
             "wall_time_s": round(time.time() - started, 2), "peak_memory_bytes": peak_memory_bytes(),
