@@ -139,7 +139,7 @@ def test_loram_table4_sweeps_cover_the_ablation_rows() -> None:
 
 
 # ----------------------------------------------------------------------------------------- smoke runs
-SMOKE = ["rank=4", "trainer=embedded", "trainer.max_steps=2", "trainer.save_steps=2", "trainer.logging_steps=1",
+SMOKE = ["rank=8", "trainer=embedded", "trainer.max_steps=2", "trainer.save_steps=2", "trainer.logging_steps=1",
          "trainer.per_device_train_batch_size=2", "trainer.gradient_accumulation_steps=1", "smoke=true"]
 EVAL_FIXTURES: dict[str, list[str]] = {
     "metamathqa": ["gsm8k", "math"], "code_feedback": ["humaneval", "mbpp"],
@@ -163,16 +163,16 @@ SMOKE_CELLS: dict[str, list[list[str]]] = {
 }
 # (row prefix of the smoke run, columns the run fills, a paper value the table must show or None)
 SMOKE_EXPECT: dict[str, tuple[str, list[str], str | None]] = {
-    "sds_table1": ("| tiny_lm | sds_lora | 4 |", ["HellaSwag", "Avg"], "84.93"),
-    "sds_table2": ("| tiny_lm | sds_lora | 4 |", ["MATH", "GSM8K"], "77.13"),
-    "sds_table3": ("| tiny_vit | lora | 4 |", ["Cars"], "82.59"),
-    "sds_table4": ("| tiny_lm | lora_ga | 4 |", ["HumanEval"], "45.12"),
-    "sds_table5": ("| tiny_lm | sds_ortho | 4 |", ["MATH", "GSM8K"], None),
+    "sds_table1": ("| tiny_lm | sds_lora | 8 |", ["HellaSwag", "Avg"], "84.93"),
+    "sds_table2": ("| tiny_lm | sds_lora | 8 |", ["MATH", "GSM8K"], "77.13"),
+    "sds_table3": ("| tiny_vit | lora | 8 |", ["Cars"], "82.59"),
+    "sds_table4": ("| tiny_lm | lora_ga | 8 |", ["HumanEval"], "45.12"),
+    "sds_table5": ("| tiny_lm | sds_ortho | 8 |", ["MATH", "GSM8K"], None),
     "sds_table6": ("| tiny_lm | sds_lora | metamathqa |", ["Main time (h)", "Time overhead (%)"], "1.67"),
-    "sds_table7": ("| tiny_lm | sds_lora | 4 | uniform |", ["MATH", "GSM8K"], None),
-    "loram_table1": ("| tiny_lm | loram | 4 |", ["GSM8K", "MATH"], "40.32"),
-    "loram_table2": ("| tiny_deberta | loram | 4 |", ["MNLI"], "95.29"),
-    "loram_table4": ("| tiny_lm | loram | 4 | False | dst | log | pissa |", ["MATH", "GSM8K"], "25.50"),
+    "sds_table7": ("| tiny_lm | sds_lora | 8 | uniform |", ["MATH", "GSM8K"], None),
+    "loram_table1": ("| tiny_lm | loram | 8 |", ["GSM8K", "MATH"], "40.32"),
+    "loram_table2": ("| tiny_deberta | loram | 8 |", ["MNLI"], "95.29"),
+    "loram_table4": ("| tiny_lm | loram | 8 | False | dst | log | pissa |", ["MATH", "GSM8K"], "25.50"),
 }
 
 
