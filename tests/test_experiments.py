@@ -254,9 +254,9 @@ def test_builder_fields_wildcards_task_means_and_na_cells() -> None:
     text = build_table(spec, runs, reference)
     r16 = _cells(text, "| llama2_7b | loram | 16 | False | dst | log | none |")
     assert r16[7:10] == ["20.00", "5.30", "+14.70 ⚠"]          # MATH: ours | paper | Δ
-    assert r16[-3:] == ["n/a", "n/a", "—"]                    # Average is not a per-rank column
+    assert r16[-4:-1] == ["n/a", "n/a", "—"]                  # Average is not a per-rank column
     pooled = _cells(text, "| llama2_7b | loram | all | False | dst | log | none |")
-    assert pooled[-3] == "25.00" and pooled[7] == "n/a"       # both ranks, four tasks pooled
+    assert pooled[-4] == "25.00" and pooled[7] == "n/a"       # both ranks, four tasks pooled
 
 
 def test_loram_table2_mnli_is_the_overall_matched_and_mismatched_accuracy() -> None:

@@ -103,3 +103,25 @@ def test_multirun_refuses_before_any_cell_runs(tmp_path: Path) -> None:
     assert "olora × metamathqa: no labelled learning rate" in out
     assert "lora × metamathqa" not in out.replace("olora × metamathqa", "")     # labelled LoRA is not listed
     assert not (tmp_path / "runs").exists() and not list(tmp_path.rglob("cell.json"))   # no cell started
+
+
+def test_tables_show_each_rows_rate_and_label() -> None:
+    from loralab.tables.build import RunResult, build_table
+
+    spec = {"name": "t", "row_keys": ["model", "method", "rank"],
+            "columns": [{"header": "GSM8K", "task": "gsm8k", "metric": "exact_match", "scale": 100}]}
+
+    def run(method: str, seed: int, config: dict[str, Any]) -> RunResult:
+        result = RunResult({"model": "m", "method": method, "rank": 8, "seed": seed}, "p/v1",
+                           {"gsm8k": {"exact_match": 0.5}}, Path("."))
+        result._config = config
+        return result
+
+    tuned = {"trainer": {"learning_rate": 1e-3}, "lr_source": {"label": "TUNED", "lr": 1e-3, "note": "x"}}
+    runs = [run("lora", 0, _cell()), run("lora", 1, _cell()), run("sds_lora", 0, tuned),
+            run("pissa", 0, _cell(lr=3e-3, source=None))]
+    table = build_table(spec, runs)
+    rows = {line.split("|")[2].strip(): line.strip().strip("|").split("|")[-1].strip()
+            for line in table.splitlines() if line.startswith("| m |")}
+    assert rows == {"lora": "0.0002 (INFERRED)", "sds_lora": "0.001 (TUNED)", "pissa": "0.003 (unlabelled)"}
+    assert "| lr (label) |" in table.splitlines()[[i for i, l in enumerate(table.splitlines()) if "ours" in l][0]]

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from loralab.reports.curves import CURVES_FILE, STEPS_FILE, png_bytes, read_steps
-from loralab.tables.build import Row, RunResult, Table
+from loralab.tables.build import LR_HEADER, Row, RunResult, Table
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -181,6 +181,7 @@ def _key_text(value: object) -> str:
 def table_html(table: Table, base: Path) -> str:
     head_top = "".join(f'<th rowspan="2">{html.escape(k)}</th>' for k in table.row_keys)
     head_top += "".join(f'<th colspan="3">{html.escape(c.header)}</th>' for c in table.columns)
+    head_top += f'<th rowspan="2">{html.escape(LR_HEADER)}</th>'
     head_sub = "<th>ours</th><th>paper</th><th>Δ</th>" * len(table.columns)
     body = []
     for row in table.rows:
@@ -192,6 +193,7 @@ def table_html(table: Table, base: Path) -> str:
                 continue
             cells += f"<td>{ours}{_run_links(cell.runs, base)}</td><td>{paper}</td>"
             cells += f'<td class="flag">{delta}</td>' if cell.flagged else f"<td>{delta}</td>"
+        cells += f'<td class="key">{html.escape(row.lr)}</td>'
         body.append(f"<tr>{cells}</tr>")
     return (f'<table id="results"><thead><tr>{head_top}</tr><tr>{head_sub}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table>")

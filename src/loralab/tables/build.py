@@ -14,7 +14,8 @@ is one of the experiment's cells (``loralab.tables.grid``), whichever command or
 resolved configs (``config.yaml``, less the keys the run hash ignores) differ in the seed alone are pooled
 (mean ± std over seeds); pooling runs that differ in anything else is refused, naming the differing keys. A
 column's runs must share one evaluation protocol: mixing protocols in a column is refused, since such numbers
-are not comparable.
+are not comparable. The last column shows each row's learning rate and its label (PAPER / INFERRED / TUNED,
+``loralab.lr_source``).
 
 Optional keys (all backwards compatible; a spec without them behaves as before):
 
@@ -54,12 +55,14 @@ import yaml
 
 from loralab.errors import ConfigError
 from loralab.io import read_json
+from loralab.lr_source import labelled_lr
 from loralab.tables.grid import runs_of_table
 from loralab.tables.pooling import check_one_batch, check_seeds_only, open_keys, pooled_groups
 from loralab.tables.reference import NOT_APPLICABLE, ReferenceTable, load_reference
 
 SOURCES: tuple[str, ...] = ("eval", "cost", "train", "diagnostics", "steps")
 AVERAGES: tuple[str, ...] = ("tasks", "examples")
+LR_HEADER = "lr (label)"
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,12 @@ class Row:
     cells: list[Cell]
     runs: list[RunResult]
 
+    @property
+    def lr(self) -> str:
+        """The row's learning rate(s) with their labels, from the runs' config.yaml ('—' without runs)."""
+        described = [labelled_lr(r.config).describe() for r in self.runs if r.config]
+        return ", ".join(dict.fromkeys(described)) or "—"
+
 
 @dataclass
 class Table:
@@ -252,7 +261,8 @@ class Table:
 
     @property
     def header(self) -> list[str]:
-        return [*self.row_keys] + [f"{c.header} {part}" for c in self.columns for part in ("ours", "paper", "Δ")]
+        return ([*self.row_keys] + [f"{c.header} {part}" for c in self.columns for part in ("ours", "paper", "Δ")]
+                + [LR_HEADER])
 
 
 def tabulate(spec: dict[str, Any], runs: list[RunResult], reference: ReferenceTable | None = None) -> Table:
@@ -327,6 +337,8 @@ def tabulate(spec: dict[str, Any], runs: list[RunResult], reference: ReferenceTa
     else:
         notes.append("No published numbers exist for these cells: the paper column is empty by design.")
     notes.append("Cells marked (smoke) come from shrunken CI runs and are not reproductions.")
+    notes.append(f"{LR_HEADER}: each row's learning rate and its label (PAPER: the paper states it; INFERRED: "
+                 "reasoned, see the config's lr_source.note; TUNED: chosen by make tune-lr).")
     if spec.get("note"):
         notes.append(str(spec["note"]).strip())
     flagged_cells = sum(c.flagged for r in rows for c in r.cells)
@@ -341,6 +353,7 @@ def render_markdown(table: Table) -> str:
         cells = [_fmt_key(row.key.get(k)) for k in table.row_keys]
         for cell in row.cells:
             cells += cell.texts
+        cells.append(row.lr)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join([f"# {table.title}", "", *table.notes, "", *lines]) + "\n"
 

@@ -60,6 +60,7 @@ from typing import Iterable, Sequence
 from omegaconf import DictConfig
 
 from loralab.errors import ConfigError
+from loralab.lr_source import labelled_lr
 
 from loralab.tables.architectures import (ANSWER_TOKENS_PER_BATCH, ARCHITECTURES, DTYPE_BYTES, EVAL_EXAMPLES,
                                           GENERATIVE_TASK_TYPES, NUM_LABELS, TOKENS_PER_EXAMPLE, TRAIN_EXAMPLES,
@@ -98,6 +99,7 @@ class CellEstimate:
     rank: int
     dataset: str
     seed: int
+    lr: str = "?"                     # the learning rate and its label (loralab.lr_source)
     total_params: int | None = None
     trainable_params: int | None = None
     memory: dict[str, float] = field(default_factory=dict)   # bytes by component
@@ -234,7 +236,7 @@ def estimate_cell(cfg: DictConfig, overrides: Sequence[str] = (), throughput: fl
     """Memory and GPU-hours of one composed cell (``throughput``: effective FLOP/s; default: calibrated)."""
     method = str(cfg.method.name)
     cell = CellEstimate(list(overrides), str(cfg.model.name), method, int(cfg.rank), str(cfg.dataset.name),
-                        int(cfg.seed))
+                        int(cfg.seed), labelled_lr(cfg).describe())
     arch = ARCHITECTURES.get(cell.model)
     if arch is None:
         cell.notes.append(f"no architecture on record for model {cell.model!r}: not estimated")
@@ -388,7 +390,7 @@ def render_calibration(calibration: Calibration, conf_dir: Path = CONF_DIR) -> s
 
 
 def render_plan(result: Plan, conf_dir: Path = CONF_DIR) -> str:
-    header = ["#", "model", "method", "rank", "dataset", "seed", "overrides", "params", "trainable",
+    header = ["#", "model", "method", "rank", "dataset", "seed", "overrides", "lr (label)", "params", "trainable",
               "memory GiB", "GPUs", "train h", "eval h", "GPU-h"]
     lines = [f"Plan for {result.experiment} (sweeps: {', '.join(result.sweeps)}): {len(result.cells)} cells, "
              "nothing run", "", render_calibration(result.calibration, conf_dir), "",
@@ -400,7 +402,7 @@ def render_plan(result: Plan, conf_dir: Path = CONF_DIR) -> str:
         memory = c.memory_bytes
         lines.append("| " + " | ".join([
             str(n), c.model, c.method, "—" if c.method == "full_ft" else str(c.rank), c.dataset, str(c.seed),
-            " ".join(extra) or "—", _fmt_count(c.total_params), _fmt_count(c.trainable_params),
+            " ".join(extra) or "—", c.lr, _fmt_count(c.total_params), _fmt_count(c.trainable_params),
             _fmt(None if memory is None else memory / GIB, 1), "?" if c.gpus is None else str(c.gpus),
             _fmt(c.train_hours) + ("*" if c.dispatch_bound else ""), _fmt(c.eval_hours), _fmt(c.gpu_hours)]) + " |")
         for note in c.notes:
