@@ -3,9 +3,9 @@
 
 Writes PNGs and ``report.md`` (pass/fail per claim with the measured numbers) to ``--out``
 (default ``results/figures``). ``--quick`` uses small sizes (a smoke run, seconds); the default uses the
-papers' sizes where known (LoRAM MLP: width 400, rank 25) and the embedded task's default 300 steps for
-SDS-LoRA Figs. 3 and 5 (LoRA and SDS-LoRA each at its lr selected from the same grid by the same rule), and
-takes about 11 minutes on 2 cores.
+papers' sizes where known (LoRAM MLP: width 400, rank 25) and, for SDS-LoRA Figs. 3 and 5, the embedded
+task's 300-step recipe (experiment sds_curves): LoRA and SDS-LoRA each at its tune-lr rate (tuned once and
+cached in conf/tuned_lr/sds_curves/), at five seeds, compared after both warm-ups by a paired test.
 Exit status 1 when any claim fails.
 """
 from __future__ import annotations
@@ -24,13 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from loralab.diagnostics import claims as C  # noqa: E402
-from loralab.diagnostics.embedded_curves import (  # noqa: E402
-    FULL_SIZE,
-    QUICK_SIZE,
-    embedded_curves,
-    final_loss,
-    smooth,
-)
+from loralab.diagnostics.embedded_curves import FULL_SIZE, QUICK_SIZE, sds_curves, smooth  # noqa: E402
 from loralab.diagnostics.loram_mlp import magnitude_dynamics, make_mlp_problem, proposition1  # noqa: E402
 from loralab.diagnostics.rank_tools import cumulative_energy  # noqa: E402
 from loralab.diagnostics.report import Claim, write_report  # noqa: E402
@@ -201,32 +195,35 @@ def part_f(mag: dict, fig1: dict, rank: int, out: Path) -> Claim:
 
 
 def part_g(cfg: dict, out: Path) -> list[Claim]:
-    """SDS-LoRA Figs. 3 and 5 on the embedded task (tiny_lm on arith_shift, trained by loralab's runner), each
-    method at its lr selected from the same grid by the same rule (``embedded_curves`` docstring)."""
-    res = embedded_curves(**cfg["curves"])
+    """SDS-LoRA Figs. 3 and 5 on the embedded task (experiment sds_curves, trained by loralab's runner), each
+    method at its tune-lr rate, at several seeds (``embedded_curves`` docstring)."""
+    res = sds_curves(**cfg["curves"])
     lora, sds = res["lora"], res["sds_lora"]
     names = {"lora": "LoRA", "sds_lora": "SDS-LoRA"}
-    labels = {m: f"{names[m]} (lr {h['learning_rate']:g})" for m, h in res.items()}
+    labels = {m: f"{names[m]} (lr {h['learning_rate']:g}, {h.get('lr_label') or 'unlabelled'})" for m, h in res.items()}
     win = max(3, lora["steps"] // 20)
+    start = C.comparison_start(res)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     for m, h in res.items():
-        axes[0].plot(h["step"], h["loss"], alpha=0.25, lw=0.8)
-        color = axes[0].lines[-1].get_color()
-        axes[0].plot(h["step"], smooth(h["loss"], win), color=color, label=labels[m])
-        axes[1].plot(h["diag_step"], smooth(h["align"], 5), color=color, label=labels[m])
-        if "sweep" in h:  # the lr grid: final loss of every selection run, the selected one ringed
-            lrs = sorted(h["sweep"])
-            axes[2].loglog(lrs, [final_loss(h["sweep"][lr]["loss"]) for lr in lrs], "o-", color=color,
-                           label=names[m])
-            axes[2].loglog([h["selected_lr"]], [final_loss(h["sweep"][h["selected_lr"]]["loss"])], "o", ms=12,
-                           mfc="none", color=color)
-    axes[0].set(title=f"training loss at the selected lrs (moving average over {win} steps)", yscale="log")
-    axes[1].set(title="layer-mean cos(G, G̃) (moving average over 5 records)")
+        curves = np.asarray([smooth(r["loss"], win) for r in h["seeds"]])
+        line, = axes[0].plot(h["step"], curves.mean(axis=0), label=f"{labels[m]}, mean of {len(curves)} seeds")
+        axes[0].fill_between(h["step"], curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.2)
+        axes[1].plot(h["diag_step"], smooth(h["align"], 5), color=line.get_color(), label=labels[m])
+        tuned = h.get("tuning")
+        if tuned:  # the tune-lr grid: held-out loss of every proxy run, the selected one ringed
+            points = [(x["lr"], x["heldout_loss"]) for x in tuned["losses"] if not isinstance(x["heldout_loss"], str)]
+            axes[2].loglog(*zip(*points), "o-", color=line.get_color(), label=names[m])
+            axes[2].loglog([h["learning_rate"]], [dict(points)[h["learning_rate"]]], "o", ms=12, mfc="none",
+                           color=line.get_color())
+    axes[0].set(title=f"training loss (moving average over {win} steps; band: seed min–max)", yscale="log")
+    axes[1].set(title="layer-mean cos(G, G̃), seed 0 (moving average over 5 records)")
     for ax in axes[:2]:
         ax.axvline(sds["warmup_steps"], color="k", ls=":", lw=0.8)  # SDS's warm-up (plain LoRA) ends here
+        ax.axvline(start, color="k", ls="--", lw=0.8)                 # the compared window starts here
         ax.set_xlabel("step")
-    if "sweep" in lora:
-        axes[2].set(title=f"lr selection: final loss ({lora['select_steps']} steps, batch {lora['select_batch']})",
+    if lora.get("tuning"):
+        budget = lora["tuning"]["budget"]
+        axes[2].set(title=f"tune-lr: held-out loss ({budget['steps']} steps, {budget['heldout_examples']} held out)",
                     xlabel="learning rate")
     for ax in axes:
         ax.legend(fontsize=8)
@@ -236,16 +233,14 @@ def part_g(cfg: dict, out: Path) -> list[Claim]:
         for m, h in res.items():
             ax.plot(h["diag_step"], h[key], label=labels[m])
         ax.axhline(lora["rank"], color="k", ls=":", lw=0.8, label="r")
-        ax.set(title=f"stable rank of {name} (layer mean)", xlabel="step", ylim=(0, None))
+        ax.set(title=f"stable rank of {name} (layer mean, seed 0)", xlabel="step", ylim=(0, None))
         ax.legend(fontsize=8)
     fig5 = _save(fig, out, "sds_fig5_embedded.png")
     claims = C.check_sds_curves(res)
     for c in claims:
         c.figures.append(fig5 if c.key == "g3" else fig3)
-        c.numbers["training time LoRA / SDS-LoRA (s): compared runs"] = [lora["seconds"], sds["seconds"]]
-        if "sweep_seconds" in lora:
-            c.numbers["training time LoRA / SDS-LoRA (s): lr selection runs"] = [lora["sweep_seconds"],
-                                                                                 sds["sweep_seconds"]]
+        c.numbers["training time LoRA / SDS-LoRA (s), all seeds"] = [sum(r["seconds"] for r in h["seeds"])
+                                                                    for h in (lora, sds)]
     return claims
 
 
@@ -282,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Generated by `scripts/make_figures.py{' --quick' if args.quick else ''}` in {time.time() - t0:.0f} s "
         f"(per part: {', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}). Definitions: "
         "`src/loralab/diagnostics/metrics.py`; testbeds: `loram_mlp.py`, `sds_toy.py`, `survey_toy.py`, "
-        "`embedded_curves.py` (claims g: real training runs of the embedded task through `loralab.runner`); "
+        "`embedded_curves.py` (claims g: real training runs of the embedded task through `loralab.runner`, "
+        "experiment `sds_curves`; protocol under g2); "
         "criteria: `claims.py`."
     )
     path = write_report(claims, args.out / "report.md", preamble=preamble)

@@ -47,16 +47,17 @@ def test_make_figures_quick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     spec = importlib.util.spec_from_file_location("make_figures", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    # Claims g train real models (~20 s at --quick size); that run and its claims are tested in
-    # test_claim_sds_curves.py. Here synthetic curves exercise the script's plotting and report for them.
-    monkeypatch.setattr(module, "embedded_curves", lambda **size: synthetic_result())
+    # Claims g train real models (tested in test_claim_sds_curves.py); here synthetic curves exercise the
+    # script's plotting and report for them.
+    monkeypatch.setattr(module, "sds_curves", lambda **size: synthetic_result())
     assert module.main(["--quick", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "claims pass" in report and "FAIL" not in report
     assert "## g2. SDS-LoRA Fig. 3 (loss), embedded task" in report
-    # the lr grid of both methods, the selection and the shared-lr comparison are all in the report
-    assert "| grid lr 0.01 ← selected: final / post-warm-up mean loss, LoRA" in report
-    assert "| selected lr, LoRA / SDS-LoRA | [0.01, 0.001] |" in report and "| shared lr 0.003 " in report
+    # the protocol, the paired test and the tuned rates with their provenance are in the report
+    assert "*Criterion:* Protocol: each method at its own learning rate from the tune-lr step" in report
+    assert "| paired t-test, H1 SDS < LoRA: t (df 2), one-sided p |" in report
+    assert "| tune-lr, SDS-LoRA: selected lr (TUNED 2026-01-01, 0123456789ab) | 0.001 |" in report
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert len(pngs) == 10, pngs
     for name in pngs:

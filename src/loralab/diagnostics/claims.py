@@ -13,6 +13,7 @@ import numpy as np
 # Claims g1–g3 (SDS-LoRA Figs. 3 and 5 on the embedded task) live in their own module; re-exported here.
 from loralab.diagnostics.claims_embedded import (
     check_lora_stable_rank,
+    comparison_start,
     check_sds_alignment,
     check_sds_curves,
     check_sds_loss,
@@ -37,6 +38,7 @@ __all__ = [
     "check_rank_tools",
     "check_sds_alignment",
     "check_sds_loss",
+    "comparison_start",
     "check_lora_stable_rank",
     "check_sds_curves",
 ]

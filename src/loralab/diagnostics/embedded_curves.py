@@ -1,29 +1,27 @@
-"""SDS-LoRA Figs. 3 and 5 on the embedded task: LoRA and SDS-LoRA trained by loralab's own runner, each at a
-learning rate chosen from the same grid by the same rule.
+"""SDS-LoRA Figs. 3 and 5 on the embedded task: LoRA and SDS-LoRA trained by loralab's own runner in the
+``sds_curves`` experiment, each at its own TUNED learning rate, at several seeds.
 
-Why a grid: SDS-LoRA's default scale is s = α/√r (≈ 5.66 at r = 8, LoRA's is α/r = 2) and its gradient carries
-no singular values of the factors, so at one shared lr the two methods take steps of different effective size
-(the SDS-LoRA paper states neither its s nor whether the methods share an lr). The papers compare methods
-each at its tuned lr; so does this.
+Protocol (``conf/experiment/sds_curves.yaml``; ``make figures``, claims g1–g3 in ``claims_embedded``):
 
-Protocol of ``embedded_curves`` (embedded default: ``model=tiny_lm``, ``dataset=arith_shift``, rank 8; every
-run with the same seed and data order; both methods keep their own default configs):
+1. *Learning rates* come from the tune-lr step (:mod:`loralab.tuning`), the same for both methods: the grid
+   {1e-3, 3e-3, 1e-2}, extended past an edge up to twice, each point a proxy run of the recipe below on 1,800 of
+   the 2,000 training problems, scored by the loss on the other 200 (never trained on); the lowest held-out
+   loss wins. The choice is a TUNED config entry (``conf/tuned_lr/sds_curves/``) with its grid, losses, date and
+   commit. ``ensure_tuned`` re-tunes only a method whose entry is missing or was tuned under another
+   declaration, so the selection is cached between ``make figures`` runs.
+2. *Recipe*: the embedded default (tiny_lm, arith_shift, rank 8, 300 steps at batch 32, linear decay), each
+   method with its default config (LoRA s = 2, SDS-LoRA s = α/√r ≈ 5.66 and 10 plain-LoRA steps before its
+   reparameterisation), and an LR warm-up of 30 steps: longer than SDS-LoRA's warm-up, so neither method's
+   warm-up falls in the compared window and SDS-LoRA's switch lands early in the ramp.
+3. *Runs*: each method at every seed of ``SEEDS`` (adapter initialisation and data order; the pretrained base
+   is the same). Seed 0 also measures the diagnostics — cos(G, G̃) averaged over the adapted layers
+   (``align``), stable ranks of A, B and ΔW (``srank_*``) — every ``interval`` steps on all 28 adapted layers;
+   measuring does not change training, so its loss curve is the seed's.
+4. *Comparison*: the loss claim compares the methods on the steps after both warm-ups, paired by seed
+   (``claims_embedded.check_sds_loss``).
 
-1. *Selection.* Each method is trained at every lr of ``LR_GRID`` = {1e-3, 3e-3, 1e-2} (half-decade steps
-   around the trainer default 3e-3; the same grid for both). Rule, fixed before any measurement: the lowest
-   *final training loss* — the mean per-step loss over the last 10 % of steps (``final_loss``, ``select_lr``):
-   what a tuned baseline is judged by, and a 10 % mean rather than the last step because a step's loss is a
-   mini-batch's. When the best lr is at an edge of the grid, that method gets up to ``extend`` (default 1)
-   more points past that edge (the next value of the 1–3–10 sequence, ``extend_lr``), one at a time while the
-   best stays on the edge; a selection still on an edge afterwards is flagged (``edge``), not hidden.
-2. *Comparison.* The curves compared are those of each method at its selected lr at the full size: the loss
-   of every step (``loss``); cos(G, G̃) averaged over the adapted layers (``align``; ``DiagnosticsCallback``,
-   ``metrics.py``); stable ranks of A, B and ΔW (``srank_*``), averaged over layers.
-
-Selection may use a cheaper budget (``select``: fewer steps and/or a smaller batch, no diagnostics), after
-which each selected lr is trained again at the full size with diagnostics; with ``select=None`` the grid runs
-are full-size runs with diagnostics and the selected one is used as it is. Each method's curves carry its
-``sweep`` (the loss of every grid run), ``selected_lr`` and ``edge``, for the report.
+``sds_curves`` returns ``{method: curves}``: the seed-0 run's curves (loss, diagnostics, lr and its label, scale,
+warm-ups) plus ``seeds`` (every seed's loss curve) and ``tuning`` (the TUNED entry's provenance).
 """
 from __future__ import annotations
 
@@ -33,30 +31,28 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["METHODS", "CURVE_KEYS", "LR_GRID", "SHARED_LR", "FINAL_FRAC", "FULL_SIZE", "QUICK_SIZE",
-           "embedded_curves", "train_run", "final_loss", "select_lr", "extend_lr", "lr_sweep", "smooth"]
+from loralab.tuning.selection import extend_lr, select_lr
+
+__all__ = ["METHODS", "EXPERIMENT", "SEEDS", "CURVE_KEYS", "FINAL_FRAC", "FULL_SIZE", "QUICK_SIZE",
+           "sds_curves", "train_run", "ensure_tuned", "final_loss", "select_lr", "extend_lr", "smooth"]
 
 METHODS = ("lora", "sds_lora")
-SHARED_LR = 3e-3  # conf/trainer/embedded.yaml: what both methods get without a grid
-LR_GRID = (1e-3, SHARED_LR, 1e-2)
+EXPERIMENT = "sds_curves"
+SEEDS = (0, 1, 2, 3, 4)
 FINAL_FRAC = 0.1  # "final loss" = mean over the last 10 % of steps (single-step losses are mini-batch noise)
-# FULL_SIZE: the embedded default (``python run.py``: 300 steps, batch 32) measured every 5 steps; the grid is
-# searched with a quarter of the examples (300 steps at batch 8: same step count and lr schedule, noisier
-# steps; ~30 s a run instead of ~130 s). Checked once against a grid of full-size runs: both select LoRA 1e-2
-# and SDS-LoRA 1e-3 (README). 150 steps at batch 8 did not (LoRA picked 3e-3, within noise of 1e-2), so the
-# selection budget is not cut further.
-# QUICK_SIZE: a smoke size for tests and ``make_figures.py --quick`` (~40 s): selection at the compared size,
-# the selected runs reused, so no run is repeated.
-FULL_SIZE: dict[str, Any] = {"steps": 300, "interval": 5,
-                             "select": {"steps": 300, "overrides": ("trainer.per_device_train_batch_size=8",)}}
-QUICK_SIZE: dict[str, Any] = {"steps": 40, "interval": 2, "overrides": ("trainer.per_device_train_batch_size=4",),
-                              "select": None}
+# FULL_SIZE: the experiment's own recipe (300 steps, batch 32), five seeds, diagnostics every 5 steps on seed 0;
+# rates tuned (or read from the cached TUNED entries). QUICK_SIZE: a smoke size for tests and
+# ``make_figures.py --quick``: 40 steps at batch 4, three seeds, the rates the config composes (no tuning).
+FULL_SIZE: dict[str, Any] = {"seeds": SEEDS, "interval": 5, "tune": True}
+QUICK_SIZE: dict[str, Any] = {"seeds": (0, 1, 2), "interval": 2, "tune": False,
+                              "overrides": ("trainer.max_steps=40", "trainer.save_steps=40", "trainer.warmup_steps=12",
+                                            "trainer.per_device_train_batch_size=4")}
 CURVE_KEYS = ("align", "srank_A", "srank_B", "srank_dW", "norm_dW")
 # More than the embedded model's 28 adapted matrices (4 blocks × 7 projections): every layer is measured.
 ALL_LAYERS = 10_000
@@ -84,32 +80,6 @@ def final_loss(loss: Sequence[float], frac: float = FINAL_FRAC) -> float:
     return value if math.isfinite(value) else math.inf
 
 
-def select_lr(scores: Mapping[float, float]) -> tuple[float, str | None]:
-    """The lr with the lowest score (exact ties: the smaller lr) and whether it lies on an edge of the grid.
-
-    Returns ``(lr, edge)`` with ``edge`` ``"low"``/``"high"`` when the best lr is the smallest/largest of at
-    least two grid points — the optimum may then lie outside the grid — and None otherwise.
-    """
-    if not scores:
-        raise ValueError("no learning rates to select from")
-    lrs = sorted(scores)
-    clean = {lr: (s if math.isfinite(s) else math.inf) for lr, s in scores.items()}
-    best = min(lrs, key=lambda lr: clean[lr])
-    if len(lrs) < 2:
-        return best, None
-    return best, "low" if best == lrs[0] else "high" if best == lrs[-1] else None
-
-
-def extend_lr(lr: float, side: str) -> float:
-    """The neighbour of ``lr`` past ``side`` ("low"/"high") in the 1–3–10 sequence (…, 3e-4, 1e-3, 3e-3, …)."""
-    if side not in ("low", "high"):
-        raise ValueError(f"side must be 'low' or 'high', not {side!r}")
-    target = math.log10(lr) + (0.5 if side == "high" else -0.5)
-    k = math.floor(target)
-    cands = [float(f"{m}e{e}") for e in (k - 1, k, k + 1) for m in (1, 3)]
-    return min(cands, key=lambda c: abs(math.log10(c) - target))
-
-
 def _read_steps(path: Path) -> tuple[dict[int, float], dict[int, dict[str, float]]]:
     """Per-step loss and diagnostics records from a ``steps.jsonl`` (the last line per step wins)."""
     loss: dict[int, float] = {}
@@ -124,27 +94,25 @@ def _read_steps(path: Path) -> tuple[dict[int, float], dict[int, dict[str, float
     return loss, diag
 
 
-def train_run(method: str, steps: int, results_dir: Path, lr: float | None = None, interval: int = 0,
-              max_layers: int = ALL_LAYERS, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """One run of ``method`` on the embedded task through ``loralab.runner.run``; returns its curves.
+def train_run(method: str, seed: int, results_dir: Path, interval: int = 0, max_layers: int = ALL_LAYERS,
+              overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """One run of ``method`` at ``seed`` in the sds_curves experiment, through ``loralab.runner.run``; its curves.
 
-    ``lr`` None keeps the composed config's learning rate; ``interval`` 0 turns diagnostics off (loss only).
+    ``interval`` 0 turns diagnostics off (loss only). Always re-trained (``force_rerun``), never read from a
+    stale run directory.
     """
     # Imported here: importing the diagnostics package must not pull in transformers/hydra.
     from loralab.instantiate import build
+    from loralab.lr_source import labelled_lr
     from loralab.rundir import RunDir
     from loralab.runner import run
     from loralab.tables.grid import compose
 
     diag = [f"diagnostics.interval={interval}", f"diagnostics.max_layers={max_layers}"] if interval else []
     cfg = compose([
-        f"method={method}", f"trainer.max_steps={steps}",
-        "trainer.logging_steps=1",  # the loss of every step, not 10-step means
-        f"trainer.save_steps={steps}",  # one checkpoint at the end: saving is not what is measured
-        "eval.tasks=[]",  # the curves are training-time quantities; no generation needed
+        f"experiment={EXPERIMENT}", f"method={method}", f"seed={seed}",
         f"diagnostics.enabled={'true' if interval else 'false'}", *diag,
         "progress=false", "force_rerun=true", f"paths.results_dir={results_dir}", *overrides,
-        *([f"trainer.learning_rate={lr!r}"] if lr is not None else []),
     ])
     started = time.time()
     # The Trainer prints every logged step (here: every step) to stdout; the curves come from steps.jsonl.
@@ -153,14 +121,17 @@ def train_run(method: str, steps: int, results_dir: Path, lr: float | None = Non
     seconds = time.time() - started
     loss, diag_rec = _read_steps(RunDir.for_config(cfg).path / "steps.jsonl")
     diag_steps = sorted(diag_rec)
-    built = build(cfg.method, _convert_="all")
+    labelled = labelled_lr(cfg)
     out: dict[str, Any] = {
         "method": method,
+        "seed": seed,
         "learning_rate": float(cfg.trainer.learning_rate),
+        "lr_label": labelled.label,
         "batch": int(cfg.trainer.per_device_train_batch_size),
-        "scaling": float(built.scaling),
+        "scaling": float(build(cfg.method, _convert_="all").scaling),
         "rank": int(cfg.rank),
         "warmup_steps": int(cfg.method.get("warmup_steps", 0) or 0),  # SDS: plain-LoRA steps before the SVD
+        "lr_warmup_steps": int(cfg.trainer.warmup_steps),
         "steps": int(metrics["train"]["steps"]),
         "seconds": seconds,
         "step": sorted(loss),
@@ -172,56 +143,58 @@ def train_run(method: str, steps: int, results_dir: Path, lr: float | None = Non
     return out
 
 
-def lr_sweep(method: str, grid: Sequence[float], steps: int, results_dir: Path, extend: int = 1,
-             **run_kw: Any) -> tuple[dict[float, dict[str, Any]], float, str | None]:
-    """``train_run`` at every lr of ``grid`` (plus up to ``extend`` points past an edge the best lr sits on).
+def _tuning_of(cfg: Any) -> dict[str, Any] | None:
+    """The TUNED entry's provenance behind a composed config (None when its rate is not TUNED)."""
+    from omegaconf import OmegaConf
 
-    Returns ``(runs by lr, selected lr, edge)``; selection is ``select_lr`` on ``final_loss``.
+    from loralab.lr_source import labelled_lr
+
+    if labelled_lr(cfg).label != "TUNED":
+        return None
+    return OmegaConf.to_container(cfg.lr_source.tuned, resolve=True)  # type: ignore[return-value]
+
+
+def ensure_tuned(methods: Sequence[str] = METHODS, extra: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Each method's TUNED provenance in the sds_curves experiment, tuning (and writing the entry) only where the
+    entry is missing or was tuned under another ``tune_lr`` declaration (grid, extension, proxy budget)."""
+    from loralab.tables.grid import CONF_DIR, compose
+    from loralab.tuning.registry import write_entry
+    from loralab.tuning.tune import tune_cell, tune_cells
+
+    spec, cells = tune_cells(EXPERIMENT, extra)
+    out: dict[str, dict[str, Any]] = {}
+    for cell in (c for c in cells if c.method in methods):
+        cfg = compose([*cell.job, *extra])
+        tuned = _tuning_of(cfg)
+        current = tuned is not None and (tuned.get("grid"), tuned.get("extend"), tuned.get("budget")) == (
+            list(spec.grid), spec.extend, spec.budget())
+        if not current:
+            write_entry(tune_cell(cell, spec, extra), CONF_DIR / "tuned_lr", EXPERIMENT, cfg)
+            cfg = compose([*cell.job, *extra])
+            tuned = _tuning_of(cfg)
+        assert tuned is not None
+        out[cell.method] = {**tuned, "lr": float(cfg.trainer.learning_rate)}
+    return out
+
+
+def sds_curves(seeds: Sequence[int] = SEEDS, interval: int = 5, max_layers: int = ALL_LAYERS,
+               overrides: Sequence[str] = (), results_dir: str | Path | None = None,
+               methods: Sequence[str] = METHODS, tune: bool = True) -> dict[str, dict[str, Any]]:
+    """LoRA and SDS-LoRA on the embedded task at their tuned rates and at every seed (module docstring).
+
+    ``tune`` False skips the tune-lr step and runs at whatever rate the experiment composes (the cached TUNED
+    entries when present). ``results_dir`` keeps the run directories (default: a temporary directory).
     """
-    runs = {float(lr): train_run(method, steps, results_dir, lr=float(lr), **run_kw) for lr in grid}
-    best, edge = select_lr({lr: final_loss(h["loss"]) for lr, h in runs.items()})
-    for _ in range(extend):
-        if edge is None:
-            break
-        new = extend_lr(best, edge)
-        runs[new] = train_run(method, steps, results_dir, lr=new, **run_kw)
-        best, edge = select_lr({lr: final_loss(h["loss"]) for lr, h in runs.items()})
-    return runs, best, edge
+    tuning = ensure_tuned(methods) if tune else {}
 
-
-def _one_method(method: str, steps: int, interval: int, max_layers: int, overrides: Sequence[str],
-                select: Mapping[str, Any] | None, grid: Sequence[float], extend: int, tmp: Path) -> dict[str, Any]:
-    if select is None:  # grid runs at full size with diagnostics: the selected one is the comparison run
-        runs, best, edge = lr_sweep(method, grid, steps, tmp, extend, interval=interval, max_layers=max_layers,
-                                    overrides=overrides)
-        curves = dict(runs[best])
-    else:
-        runs, best, edge = lr_sweep(method, grid, int(select["steps"]), tmp, extend,
-                                    overrides=(*overrides, *select.get("overrides", ())))
-        curves = train_run(method, steps, tmp, lr=best, interval=interval, max_layers=max_layers,
-                           overrides=overrides)
-    first = next(iter(runs.values()))
-    curves.update(
-        grid=[float(x) for x in grid], selected_lr=best, edge=edge,
-        select_steps=first["steps"], select_batch=first["batch"],
-        sweep={lr: {"step": h["step"], "loss": h["loss"], "seconds": h["seconds"]} for lr, h in sorted(runs.items())},
-        sweep_seconds=sum(h["seconds"] for h in runs.values()),
-    )
-    return curves
-
-
-def embedded_curves(steps: int = 300, interval: int = 5, max_layers: int = ALL_LAYERS,
-                    overrides: Sequence[str] = (), results_dir: str | Path | None = None,
-                    methods: Sequence[str] = METHODS, grid: Sequence[float] = LR_GRID,
-                    select: Mapping[str, Any] | None = None, extend: int = 1) -> dict[str, dict[str, Any]]:
-    """LoRA and SDS-LoRA on the embedded task, each at its selected lr (module docstring); ``{method: curves}``.
-
-    ``select`` is the selection budget (``{"steps": n, "overrides": (...)}``, added to ``overrides``) or None
-    (select at the full size). ``results_dir`` keeps the run directories (default: a temporary directory,
-    removed afterwards); runs are always re-trained (``force_rerun``), never read from a stale run.
-    """
     def go(tmp: Path) -> dict[str, dict[str, Any]]:
-        return {m: _one_method(m, steps, interval, max_layers, overrides, select, grid, extend, tmp) for m in methods}
+        res: dict[str, dict[str, Any]] = {}
+        for m in methods:
+            runs = [train_run(m, s, tmp, interval if n == 0 else 0, max_layers, overrides)
+                    for n, s in enumerate(seeds)]
+            res[m] = {**runs[0], "seeds": [{k: r[k] for k in ("seed", "step", "loss", "seconds")} for r in runs],
+                      "tuning": tuning.get(m)}
+        return res
 
     if results_dir is not None:
         return go(Path(results_dir))
