@@ -54,17 +54,20 @@ class LabelledLr:
     note: str = ""
 
     def describe(self) -> str:
-        """``2e-04 (INFERRED)``: what a table or plan shows for the row."""
+        """``0.0002 (INFERRED)``: what a table or plan shows for the row."""
         value = "?" if self.lr is None else f"{self.lr:.3g}"
         return f"{value} ({self.label or UNLABELLED})"
 
 
+_READ = ("trainer", "lr_source", "table", "proxy", "method", "dataset", "model", "rank")
+
+
 def _plain(cfg: Any) -> dict[str, Any]:
-    """The run's keys, resolved (not Hydra's own node, which only resolves inside a running job)."""
+    """The keys the checks read, resolved (never Hydra's own node, which resolves only inside a running job)."""
     if not isinstance(cfg, DictConfig):
         return dict(cfg)
     return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-            for k in cfg if k != "hydra" for v in [cfg[k]]}
+            for k in _READ if k in cfg for v in [cfg[k]]}
 
 
 def _number(value: Any) -> float | None:
