@@ -5,8 +5,9 @@
     python scripts/tune_lr.py --experiment sds_table2 --dry-run             # the rows and proxy runs; nothing run
     make tune-lr EXPERIMENT=sds_table2 ARGS="model=llama3_8b"
 
-The proxy (grid, extension, step budget, train/held-out subset, rank, seed) is the experiment's ``tune_lr``
-block; the rule and the written entry are documented in loralab.tuning. Proxy runs are ordinary runs
+The proxy (grid, extension, step budget, train/held-out subset, seed) is the experiment's ``tune_lr`` block;
+each row is tuned at every rank it is swept at. The rule and the written entry are documented in
+loralab.tuning. Proxy runs are ordinary runs
 (``tune=lr_proxy proxy.lr=<lr>``) under <results>/tune/runs: finished ones are reused, unfinished ones resume.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.dry_run:
             spec, cells = tune_cells(args.experiment, args.overrides)
-            print(f"{len(cells)} row(s) × grid {list(spec.grid)} (+ up to {spec.extend} past an edge); "
+            print(f"{len(cells)} rate(s) to tune × grid {list(spec.grid)} (+ up to {spec.extend} past an edge); "
                   f"proxy budget {spec.budget()}")
             for cell in cells:
                 print(f"  {cell.describe()}: python run.py {' '.join(proxy_overrides(cell, spec.grid[0]))}")
@@ -44,13 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     except (LoralabError, HydraException) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print("| sweep | model | method | data set | held-out loss per lr | TUNED lr | entry |")
-    print("|---|---|---|---|---|---|---|")
+    print("| sweep | model | method | data set | rank | held-out loss per lr | TUNED lr | entry |")
+    print("|---|---|---|---|---|---|---|---|")
     for selection, path in done:
         c = selection.cell
         losses = ", ".join(f"{r.lr:g}: {r.heldout_loss:.4g}" for r in selection.results)
         edge = f" ({selection.edge} edge)" if selection.edge else ""
-        print(f"| {c.sweep} | {c.model} | {c.method} | {c.dataset} | {losses} | {selection.lr:g}{edge} | {path} |")
+        print(f"| {c.sweep} | {c.model} | {c.method} | {c.dataset} | {c.rank} | {losses} | {selection.lr:g}{edge} "
+              f"| {path} |")
     return 0
 
 

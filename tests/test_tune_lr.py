@@ -44,7 +44,7 @@ def test_select_lr_picks_the_lowest_loss_and_flags_edges() -> None:
 
 
 def _spec(**kw: Any) -> TuneSpec:
-    base = dict(grid=(1e-3, 3e-3, 1e-2), extend=2, steps=5, train_examples=8, heldout_examples=4, rank=8, seed=0)
+    base = dict(grid=(1e-3, 3e-3, 1e-2), extend=2, steps=5, train_examples=8, heldout_examples=4, seed=0)
     return TuneSpec(**{**base, **kw})
 
 
@@ -77,14 +77,17 @@ def test_tune_spec_is_checked() -> None:
         TuneSpec.of(cfg, "embedded")
     with pytest.raises(ConfigError, match="declares no tune_lr block"):
         TuneSpec.of(compose("experiment=loram_table1"), "loram_table1")   # LoRAM's rates are the paper's
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['rank'\]"):
+        TuneSpec.of(compose("experiment=embedded", "+tune_lr.rank=8"), "embedded")
 
 
-def test_rows_are_model_method_dataset_at_the_tuning_rank() -> None:
+def test_rates_are_tuned_per_model_method_dataset_and_rank() -> None:
     spec, cells = tune_cells("sds_table2", ["model=gemma_2b", "method=lora"])
     cells = [c for c in cells if c.sweep == "sds_table2"]                  # (the Full FT sweep, narrowed, too)
-    assert [(c.model, c.method, c.dataset) for c in cells] == [("gemma_2b", "lora", "metamathqa"),
-                                                               ("gemma_2b", "lora", "code_feedback")]
-    assert all(f"rank={spec.rank}" in c.job and c.shared_with == 2 for c in cells)   # ranks 8 and 32 share it
+    assert [(c.model, c.method, c.dataset, c.rank) for c in cells] == [
+        ("gemma_2b", "lora", "metamathqa", 8), ("gemma_2b", "lora", "code_feedback", 8),
+        ("gemma_2b", "lora", "metamathqa", 32), ("gemma_2b", "lora", "code_feedback", 32)]
+    assert all(f"rank={c.rank}" in c.job and f"seed={spec.seed}" in c.job for c in cells)
     cfg = compose(*proxy_overrides(cells[0], 3e-4))
     assert cfg.trainer.learning_rate == 3e-4 and cfg.trainer.max_steps == spec.steps and cfg.proxy.lr == 3e-4
     assert lr_problem(cfg) is None and list(cfg.eval.tasks) == []          # a proxy run is not a table cell
@@ -96,15 +99,17 @@ def test_written_entry_composes_as_a_tuned_rate(tmp_path: Path) -> None:
     calls, runner = _fake_runner(3e-3)
     selection = tune_cell(cell, spec, runner=runner)
     before = compose("experiment=embedded", "method=lora")
-    path = write_entry(selection, tmp_path, "embedded", before, date="2026-01-02",
+    path = write_entry([selection], tmp_path, "embedded", {8: before}, date="2026-01-02",
                        commit={"commit": "abc", "dirty": False})
     assert path == tmp_path / "embedded" / "tiny_lm_lora_arith_shift.yaml"
     node = yaml.safe_load(path.read_text())["lr_source"]
-    assert node["label"] == "TUNED" and node["lr"] == 3e-3
     tuned = node["tuned"]
+    assert node["label"] == "TUNED" and tuned["lr_by_rank"] == {"8": 3e-3}
     assert tuned["grid"] == [1e-3, 3e-3, 1e-2] and tuned["budget"]["steps"] == spec.steps
-    assert [x["lr"] for x in tuned["losses"]] == [1e-3, 3e-3, 1e-2] and tuned["losses"][1]["run"] == "run-0.003"
-    assert (tuned["date"], tuned["commit"], tuned["replaced"]) == ("2026-01-02", "abc", {"lr": 3e-3, "label": None})
+    assert [x["lr"] for x in tuned["losses"]["8"]] == [1e-3, 3e-3, 1e-2]
+    assert tuned["losses"]["8"][1]["run"] == "run-0.003"
+    assert (tuned["date"], tuned["commit"]) == ("2026-01-02", "abc")
+    assert tuned["replaced"] == {"8": {"lr": 3e-3, "label": None}}
     after = compose("experiment=embedded", "method=lora", f"hydra.searchpath=[file://{tmp_path.parent}]")
     assert labelled_lr(after).label is None                            # the group is tuned_lr/, not <tmp>/
     (tmp_path.parent / "tuned_lr").mkdir(exist_ok=True)
@@ -112,6 +117,20 @@ def test_written_entry_composes_as_a_tuned_rate(tmp_path: Path) -> None:
     after = compose("experiment=embedded", "method=lora", f"hydra.searchpath=[file://{tmp_path.parent}]")
     assert labelled_lr(after).label == "TUNED" and lr_problem(after) is None
     assert config_hash(after) == config_hash(before)                    # same rate: the same run
+    other_rank = compose("experiment=embedded", "method=lora", "rank=4", f"hydra.searchpath=[file://{tmp_path.parent}]")
+    assert "tuned.lr_by_rank gives rates for ranks ['8'] only" in str(lr_problem(other_rank))   # never another's
+
+
+def test_retuning_some_ranks_keeps_the_others(tmp_path: Path) -> None:
+    spec, cells = tune_cells("sds_table2", ["model=gemma_2b", "method=sds_lora", "dataset=metamathqa"])
+    by_rank = {c.rank: c for c in cells if c.sweep == "sds_table2"}
+    fake = {"date": "2026-01-02", "commit": {"commit": "abc", "dirty": False}}
+    for rank, optimum in ((8, 3e-5), (32, 1e-5)):
+        _, runner = _fake_runner(optimum)
+        write_entry([tune_cell(by_rank[rank], spec, runner=runner)], tmp_path, "sds_table2", {}, **fake)
+    node = yaml.safe_load((tmp_path / "sds_table2" / "gemma_2b_sds_lora_metamathqa.yaml").read_text())["lr_source"]
+    assert node["tuned"]["lr_by_rank"] == {"8": 3e-5, "32": 1e-5} and set(node["tuned"]["losses"]) == {"8", "32"}
+    assert "r 8: 3e-05, r 32: 1e-05" in node["note"]
 
 
 def test_tune_lr_on_the_embedded_default(tmp_path: Path, one_compute_thread: None) -> None:
@@ -120,13 +139,13 @@ def test_tune_lr_on_the_embedded_default(tmp_path: Path, one_compute_thread: Non
     done = tune_experiment("embedded", [*TINY, f"paths.results_dir={tmp_path / 'results'}"],
                            out_dir=tmp_path / "tuned_lr")
     ((selection, path),) = done
-    assert [r.lr for r in selection.results] == [1e-3, 1e-2]
+    assert selection.cell.rank == 8 and [r.lr for r in selection.results] == [1e-3, 1e-2]
     assert all(math.isfinite(r.heldout_loss) and r.heldout_loss > 0 for r in selection.results)
     assert selection.lr == min(selection.results, key=lambda r: r.heldout_loss).lr
     runs = tmp_path / "results" / "tune" / "runs"
     assert {r.run for r in selection.results} == {p.name for p in runs.iterdir()}
     node = yaml.safe_load(path.read_text())["lr_source"]
-    assert node["label"] == "TUNED" and node["lr"] == selection.lr and node["tuned"]["commit"]
+    assert node["label"] == "TUNED" and node["tuned"]["lr_by_rank"] == {"8": selection.lr} and node["tuned"]["commit"]
     # a second tuning reuses the finished proxy runs (same hashes) and selects the same rate
     again = tune_experiment("embedded", [*TINY, f"paths.results_dir={tmp_path / 'results'}"],
                             out_dir=tmp_path / "tuned_lr")

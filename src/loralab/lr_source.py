@@ -126,8 +126,12 @@ def lr_problem(cfg: DictConfig | Mapping[str, Any]) -> LrProblem | None:
     lr = _number((plain.get("trainer") or {}).get("learning_rate"))
     source = plain.get("lr_source")
     if lr is None or lr <= 0:
-        by_rank = source.get("by_rank") if isinstance(source, Mapping) else None
-        hint = (f"lr_source.by_rank gives rates for ranks {sorted(by_rank, key=int)} only" if by_rank else "")
+        by_rank, where = None, ""
+        if isinstance(source, Mapping):  # a rate given per rank (INFERRED by_rank, TUNED tuned.lr_by_rank)
+            tuned = source.get("tuned") if source.get("label") == "TUNED" else None
+            by_rank, where = ((tuned or {}).get("lr_by_rank"), "tuned.lr_by_rank") if tuned else (
+                source.get("by_rank"), "by_rank")
+        hint = (f"lr_source.{where} gives rates for ranks {sorted(by_rank, key=int)} only" if by_rank else "")
         return problem(f"trainer.learning_rate={lr!r} is not a positive number", hint)
     if source is not None:
         if not isinstance(source, Mapping) or source.get("label") not in LABELS:

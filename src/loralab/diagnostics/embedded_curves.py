@@ -144,14 +144,20 @@ def train_run(method: str, seed: int, results_dir: Path, interval: int = 0, max_
 
 
 def _tuning_of(cfg: Any) -> dict[str, Any] | None:
-    """The TUNED entry's provenance behind a composed config (None when its rate is not TUNED)."""
+    """The TUNED entry's provenance at the config's rank (None when its rate is not TUNED)."""
     from omegaconf import OmegaConf
 
     from loralab.lr_source import labelled_lr
 
     if labelled_lr(cfg).label != "TUNED":
         return None
-    return OmegaConf.to_container(cfg.lr_source.tuned, resolve=True)  # type: ignore[return-value]
+    tuned = OmegaConf.to_container(cfg.lr_source.tuned, resolve=True)
+    rank = str(cfg.rank)
+    if not isinstance(tuned, dict) or rank not in (tuned.get("lr_by_rank") or {}):
+        return None  # not tuned at this rank (or an entry in another format): tune it
+    return {**{k: v for k, v in tuned.items() if k not in ("lr_by_rank", "losses", "edge", "replaced")},
+            "rank": int(cfg.rank), "losses": tuned["losses"][rank], "edge": tuned["edge"][rank],
+            "replaced": tuned["replaced"][rank]}
 
 
 def ensure_tuned(methods: Sequence[str] = METHODS, extra: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
@@ -169,7 +175,7 @@ def ensure_tuned(methods: Sequence[str] = METHODS, extra: Sequence[str] = ()) ->
         current = tuned is not None and (tuned.get("grid"), tuned.get("extend"), tuned.get("budget")) == (
             list(spec.grid), spec.extend, spec.budget())
         if not current:
-            write_entry(tune_cell(cell, spec, extra), CONF_DIR / "tuned_lr", EXPERIMENT, cfg)
+            write_entry([tune_cell(cell, spec, extra)], CONF_DIR / "tuned_lr", EXPERIMENT, {cell.rank: cfg})
             cfg = compose([*cell.job, *extra])
             tuned = _tuning_of(cfg)
         assert tuned is not None

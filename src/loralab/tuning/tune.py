@@ -10,16 +10,15 @@ so it is not in the cells' run hash)::
       steps: 200           # optimiser steps of each proxy run, at the cell's own batch and schedule
       train_examples: 6400 # the proxy trains on the first N training examples ...
       heldout_examples: 512  # ... and is scored by its mean loss on the last M, never trained on
-      rank: 32             # the rank the rows are tuned at (null: each row's first swept rank)
-      seed: 0
+      seed: 0              # the seed of the proxy runs
 
 For every row the proxy runs each grid point (``tune=lr_proxy proxy.lr=<lr>``: an ordinary run, hashed,
 resumable, skipped when already finished, under ``<results>/tune/runs``), selects by
 :mod:`loralab.tuning.selection`, extends the grid past an edge, and writes
 ``conf/tuned_lr/<sweep>/<model>_<method>_<data set>.yaml`` (:mod:`loralab.tuning.registry`), which every later
-run of that row composes. Rows are keyed by (model, method, data set): all ranks and seeds of a row share the
-rate tuned at ``tune_lr.rank``; jobs that differ in other swept keys too (an ablation's settings) share the
-rate tuned on the first of them.
+run of that row composes. A row is tuned at each rank it is swept at (a method's scale, and so its best rate,
+depends on the rank: LoRA's alpha/r, SDS-LoRA's alpha/sqrt(r)); its seeds share the rate, and jobs that differ
+in other swept keys too (an ablation's settings) share the rate tuned on the first of them.
 """
 from __future__ import annotations
 
@@ -49,18 +48,23 @@ class TuneSpec:
     steps: int
     train_examples: int
     heldout_examples: int
-    rank: int | None
     seed: int | None
+
+    KEYS = ("grid", "extend", "steps", "train_examples", "heldout_examples", "seed")
 
     @classmethod
     def of(cls, cfg: DictConfig, experiment: str) -> "TuneSpec":
         block = cfg.get("tune_lr")
         if block is None:
             raise ConfigError(f"experiment {experiment} declares no tune_lr block (grid, extend, steps, "
-                              f"train_examples, heldout_examples, rank, seed), so its rates are not tuned: they "
+                              f"train_examples, heldout_examples, seed), so its rates are not tuned: they "
                               f"are the ones its files state (e.g. the paper's)")
         spec = OmegaConf.to_container(block, resolve=True)
         assert isinstance(spec, dict)
+        unknown = sorted(set(spec) - set(cls.KEYS))
+        if unknown:
+            raise ConfigError(f"tune_lr has unknown key(s) {unknown}; valid keys: {list(cls.KEYS)} (rows are "
+                              f"tuned at every rank they are swept at)")
         grid = spec.get("grid")
         if not isinstance(grid, list) or not grid or not all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in grid):
@@ -71,30 +75,35 @@ class TuneSpec:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"tune_lr.{key}={value!r} is invalid: an integer >= {low}")
             counts[key] = value
-        for key in ("rank", "seed"):
-            value = spec.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise ConfigError(f"tune_lr.{key}={value!r} is invalid: an integer or null")
-        return cls(tuple(sorted(float(x) for x in grid)), rank=spec.get("rank"), seed=spec.get("seed"), **counts)
+        seed = spec.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise ConfigError(f"tune_lr.seed={seed!r} is invalid: a non-negative integer or null")
+        return cls(tuple(sorted(float(x) for x in grid)), seed=seed, **counts)
 
     def budget(self) -> dict[str, Any]:
         return {"steps": self.steps, "train_examples": self.train_examples,
-                "heldout_examples": self.heldout_examples, "rank": self.rank, "seed": self.seed}
+                "heldout_examples": self.heldout_examples, "seed": self.seed}
 
 
 @dataclass
 class TuneCell:
-    """One row to tune: a sweep's (model, method, data set), run as ``job`` (at the tuning rank and seed)."""
+    """One rate to tune: a sweep's (model, method, data set) at one rank, run as ``job`` (at the tuning seed)."""
 
     sweep: str
     model: str
     method: str
     dataset: str
+    rank: int
     job: list[str]
     shared_with: int = 1          # how many swept jobs take the rate tuned here
 
+    @property
+    def row(self) -> tuple[str, str, str, str]:
+        """The TUNED entry this rate goes to: one per (sweep, model, method, data set), rates by rank."""
+        return self.sweep, self.model, self.method, self.dataset
+
     def describe(self) -> str:
-        return f"{self.sweep}: {self.model} / {self.method} / {self.dataset}"
+        return f"{self.sweep}: {self.model} / {self.method} / {self.dataset} / r{self.rank}"
 
 
 @dataclass
@@ -123,27 +132,24 @@ def _with(job: Sequence[str], key: str, value: Any) -> list[str]:
 
 
 def tune_cells(experiment: str, extra: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> tuple[TuneSpec, list[TuneCell]]:
-    """The proxy declaration and the rows to tune of every sweep feeding ``experiment``'s table."""
+    """The proxy declaration and the rates to tune — (model, method, data set, rank) of every sweep feeding
+    ``experiment``'s table."""
     extra = [o for o in extra if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     spec = TuneSpec.of(compose([f"experiment={experiment}", *extra], conf_dir), experiment)
-    cells: dict[tuple[str, str, str, str], TuneCell] = {}
+    cells: dict[tuple[str, ...], TuneCell] = {}
     for sweep in sweeps_of(experiment, conf_dir):
         for job in expand_sweep(sweep, extra, conf_dir):
             keys = dict(o.split("=", 1) for o in job)
-            cfg_keys = (sweep, keys.get("model"), keys.get("method"), keys.get("dataset"))
-            if None in cfg_keys:  # not swept: read the composed defaults
+            names = (keys.get("model"), keys.get("method"), keys.get("dataset"), keys.get("rank"))
+            if None in names:  # not swept: read the composed defaults
                 cfg = compose(job, conf_dir)
-                cfg_keys = (sweep, cfg.model.name, cfg.method.name, cfg.dataset.name)
-            key = tuple(str(k) for k in cfg_keys)
+                names = (cfg.model.name, cfg.method.name, cfg.dataset.name, cfg.rank)
+            key = (sweep, *(str(n) for n in names))
             if key in cells:
                 cells[key].shared_with += 1
                 continue
-            tuned_job = list(job)
-            if spec.rank is not None:
-                tuned_job = _with(tuned_job, "rank", spec.rank)
-            if spec.seed is not None:
-                tuned_job = _with(tuned_job, "seed", spec.seed)
-            cells[key] = TuneCell(*key, job=tuned_job)  # type: ignore[arg-type]
+            tuned_job = _with(job, "seed", spec.seed) if spec.seed is not None else list(job)
+            cells[key] = TuneCell(*key[:4], rank=int(key[4]), job=tuned_job)
     return spec, list(cells.values())
 
 
@@ -188,16 +194,23 @@ def tune_cell(cell: TuneCell, spec: TuneSpec, extra: Sequence[str] = (), conf_di
 def tune_experiment(experiment: str, extra: Sequence[str] = (), conf_dir: Path = CONF_DIR,
                     out_dir: Path | None = None,
                     runner: Callable[[Sequence[str], Path], ProxyResult] = run_proxy) -> list[tuple[Selection, Path]]:
-    """Tune every row of ``experiment``'s table; write each row's TUNED entry under ``out_dir`` (default
-    ``<conf_dir>/tuned_lr``) as soon as the row is done, so an interrupted tuning keeps the rows it finished."""
+    """Tune every rate of ``experiment``'s table; write each row's TUNED entry under ``out_dir`` (default
+    ``<conf_dir>/tuned_lr``) as soon as its ranks are done, so an interrupted tuning keeps the rows it finished."""
     from loralab.tuning.registry import write_entry
 
     spec, cells = tune_cells(experiment, extra, conf_dir)
     out_dir = Path(out_dir) if out_dir is not None else Path(conf_dir) / "tuned_lr"
+    rows: dict[tuple[str, str, str, str], list[TuneCell]] = {}
+    for cell in cells:
+        rows.setdefault(cell.row, []).append(cell)
     done = []
-    for n, cell in enumerate(cells, 1):
-        log.info("tune-lr %d/%d %s: grid %s", n, len(cells), cell.describe(), list(spec.grid))
-        replaced = compose([*cell.job, *extra], conf_dir)
-        selection = tune_cell(cell, spec, extra, conf_dir, runner)
-        done.append((selection, write_entry(selection, out_dir, experiment, replaced)))
+    n = 0
+    for row_cells in rows.values():
+        selections = []
+        for cell in row_cells:
+            n += 1
+            log.info("tune-lr %d/%d %s: grid %s", n, len(cells), cell.describe(), list(spec.grid))
+            selections.append(tune_cell(cell, spec, extra, conf_dir, runner))
+        path = write_entry(selections, out_dir, experiment)
+        done += [(selection, path) for selection in selections]
     return done
