@@ -207,10 +207,11 @@ def tune_experiment(experiment: str, extra: Sequence[str] = (), conf_dir: Path =
     n = 0
     for row_cells in rows.values():
         selections = []
+        replaced = {cell.rank: compose([*cell.job, *extra], conf_dir) for cell in row_cells}  # the rates before
         for cell in row_cells:
             n += 1
             log.info("tune-lr %d/%d %s: grid %s", n, len(cells), cell.describe(), list(spec.grid))
             selections.append(tune_cell(cell, spec, extra, conf_dir, runner))
-        path = write_entry(selections, out_dir, experiment)
+        path = write_entry(selections, out_dir, experiment, replaced)
         done += [(selection, path) for selection in selections]
     return done
