@@ -131,6 +131,11 @@ def test_retuning_some_ranks_keeps_the_others(tmp_path: Path) -> None:
     node = yaml.safe_load((tmp_path / "sds_table2" / "gemma_2b_sds_lora_metamathqa.yaml").read_text())["lr_source"]
     assert node["tuned"]["lr_by_rank"] == {"8": 3e-5, "32": 1e-5} and set(node["tuned"]["losses"]) == {"8", "32"}
     assert "r 8: 3e-05, r 32: 1e-05" in node["note"]
+    path = tmp_path / "sds_table2" / "gemma_2b_sds_lora_metamathqa.yaml"
+    path.write_text("# @package _global_\nlr_source: {label: TUNED, lr: 0.1, tuned: {losses: [{lr: 0.1}]}}\n")
+    _, runner = _fake_runner(3e-5)
+    write_entry([tune_cell(by_rank[8], spec, runner=runner)], tmp_path, "sds_table2", {}, **fake)  # not per rank:
+    assert yaml.safe_load(path.read_text())["lr_source"]["tuned"]["lr_by_rank"] == {"8": 3e-5}    # replaced
 
 
 def test_tune_lr_on_the_embedded_default(tmp_path: Path, one_compute_thread: None) -> None:

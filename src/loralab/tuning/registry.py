@@ -40,7 +40,10 @@ def _previous(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     node = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("lr_source") or {}
-    return node.get("tuned") or {} if node.get("label") == "TUNED" else {}
+    tuned = node.get("tuned") if node.get("label") == "TUNED" else None
+    if not isinstance(tuned, dict) or not all(isinstance(tuned.get(k), dict) for k in PER_RANK):
+        return {}  # none, or not a per-rank entry: nothing to keep
+    return tuned
 
 
 def entry(selections: Sequence[Selection], table: str, replaced: dict[int, DictConfig] | None = None,
