@@ -163,10 +163,12 @@ def _tuning_of(cfg: Any) -> dict[str, Any] | None:
 def ensure_tuned(methods: Sequence[str] = METHODS, extra: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Each method's TUNED provenance in the sds_curves experiment, tuning (and writing the entry) only where the
     entry is missing or was tuned under another ``tune_lr`` declaration (grid, extension, proxy budget)."""
+    from loralab.provenance import git_state
     from loralab.tables.grid import CONF_DIR, compose
     from loralab.tuning.registry import write_entry
     from loralab.tuning.tune import tune_cell, tune_cells
 
+    commit = git_state()  # the code that runs the proxies
     spec, cells = tune_cells(EXPERIMENT, extra)
     out: dict[str, dict[str, Any]] = {}
     for cell in (c for c in cells if c.method in methods):
@@ -175,7 +177,8 @@ def ensure_tuned(methods: Sequence[str] = METHODS, extra: Sequence[str] = ()) ->
         current = tuned is not None and (tuned.get("grid"), tuned.get("extend"), tuned.get("budget")) == (
             list(spec.grid), spec.extend, spec.budget())
         if not current:
-            write_entry([tune_cell(cell, spec, extra)], CONF_DIR / "tuned_lr", EXPERIMENT, {cell.rank: cfg})
+            write_entry([tune_cell(cell, spec, extra)], CONF_DIR / "tuned_lr", EXPERIMENT, {cell.rank: cfg},
+                        commit=commit)
             cfg = compose([*cell.job, *extra])
             tuned = _tuning_of(cfg)
         assert tuned is not None

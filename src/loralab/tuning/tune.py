@@ -196,8 +196,10 @@ def tune_experiment(experiment: str, extra: Sequence[str] = (), conf_dir: Path =
                     runner: Callable[[Sequence[str], Path], ProxyResult] = run_proxy) -> list[tuple[Selection, Path]]:
     """Tune every rate of ``experiment``'s table; write each row's TUNED entry under ``out_dir`` (default
     ``<conf_dir>/tuned_lr``) as soon as its ranks are done, so an interrupted tuning keeps the rows it finished."""
+    from loralab.provenance import git_state
     from loralab.tuning.registry import write_entry
 
+    commit = git_state()  # the code that runs the proxies (entries written later would see themselves as changes)
     spec, cells = tune_cells(experiment, extra, conf_dir)
     out_dir = Path(out_dir) if out_dir is not None else Path(conf_dir) / "tuned_lr"
     rows: dict[tuple[str, str, str, str], list[TuneCell]] = {}
@@ -212,6 +214,6 @@ def tune_experiment(experiment: str, extra: Sequence[str] = (), conf_dir: Path =
             n += 1
             log.info("tune-lr %d/%d %s: grid %s", n, len(cells), cell.describe(), list(spec.grid))
             selections.append(tune_cell(cell, spec, extra, conf_dir, runner))
-        path = write_entry(selections, out_dir, experiment, replaced)
+        path = write_entry(selections, out_dir, experiment, replaced, commit=commit)
         done += [(selection, path) for selection in selections]
     return done
