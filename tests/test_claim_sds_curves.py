@@ -104,6 +104,7 @@ def test_loss_claim_passes_and_fails_on_synthetic_curves() -> None:
     assert nums["seeds (paired)"] == [0, 1, 2] and nums["seeds with SDS-LoRA lower over the window"] == "3 of 3"
     assert nums["compared window (steps)"].startswith("13–40")
     assert "tune-lr, LoRA: selected lr (TUNED 2026-01-01, 0123456789ab)" in nums
+    assert nums["seeds with SDS-LoRA lower, per third of the window (exploratory)"] == "3 of 3 / 3 of 3 / 3 of 3"
     slower = {"lora": good["lora"], "sds_lora": with_seeds(method_curves(0.6, 0.3, (3.5, 3.5, 4.0)))}
     assert not check_sds_loss(slower).passed
     assert not check_sds_loss(synthetic_result(seeds=2)).passed        # fewer than three seeds: no claim

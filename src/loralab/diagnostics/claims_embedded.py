@@ -115,6 +115,7 @@ def check_sds_loss(res: dict[str, dict[str, Any]], alpha: float = 0.05, tol: flo
     window_means: dict[str, list[float]] = {"lora": [], "sds_lora": []}
     finals: dict[str, list[float]] = {"lora": [], "sds_lora": []}
     below: list[float] = []
+    thirds: list[list[float]] = [[], [], []]  # SDS − LoRA per third of the window, per seed (exploratory)
     for seed in seeds:
         runs = {m: by_seed[m][seed] for m in ("lora", "sds_lora")}
         if runs["lora"]["step"] != runs["sds_lora"]["step"]:
@@ -128,6 +129,9 @@ def check_sds_loss(res: dict[str, dict[str, Any]], alpha: float = 0.05, tol: flo
             window_means[m].append(float(curves[m][mask].mean()))
             finals[m].append(final_loss(curves[m]))
         below.append(float(np.mean(smooth(curves["sds_lora"], window)[mask] < smooth(curves["lora"], window)[mask])))
+        gap = (curves["sds_lora"] - curves["lora"])[mask]
+        for part, chunk in zip(thirds, np.array_split(gap, 3)):
+            part.append(float(chunk.mean()) if chunk.size else math.nan)
     diffs = [s - l for s, l in zip(window_means["sds_lora"], window_means["lora"])]
     t, p = paired_test(diffs)
     n = len(seeds)
@@ -146,6 +150,10 @@ def check_sds_loss(res: dict[str, dict[str, Any]], alpha: float = 0.05, tol: flo
         "fraction of window steps with SDS < LoRA (moving average over 5 % of the steps), mean over seeds":
             float(np.mean(below)) if below else math.nan,
         f"final loss (mean of the last {FINAL_FRAC:.0%} of steps), mean over seeds, LoRA / SDS-LoRA": [f_l, f_s],
+        "SDS − LoRA per third of the window, mean over seeds (exploratory, not the criterion)":
+            [float(np.mean(t)) if t else math.nan for t in thirds],
+        "seeds with SDS-LoRA lower, per third of the window (exploratory)":
+            " / ".join(f"{sum(d < 0 for d in t)} of {len(t)}" for t in thirds),
         "learning rates / scales": _lrs(res),
     }
     nums.update(_tuning_numbers(res))
