@@ -125,3 +125,20 @@ def test_tables_show_each_rows_rate_and_label() -> None:
             for line in table.splitlines() if line.startswith("| m |")}
     assert rows == {"lora": "0.0002 (INFERRED)", "sds_lora": "0.001 (TUNED)", "pissa": "0.003 (unlabelled)"}
     assert "| lr (label) |" in table.splitlines()[[i for i, l in enumerate(table.splitlines()) if "ours" in l][0]]
+
+
+def test_sweep_check_reads_a_sweep_given_on_the_command_line_only() -> None:
+    """Without an experiment there are no hydra.sweeper.params: the check must still read the cells."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from loralab.lr_source import SweepLrCheck
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["method=lora"], return_hydra_config=True)
+        assert cfg.hydra.sweeper.get("params") is None
+        assert SweepLrCheck._problems(cfg) == ([], 1)                            # one cell, unlabelled is fine
+        cfg = hydra_compose(config_name="config", overrides=["experiment=sds_table2", "method=olora",
+                                                             "model=gemma_2b", "rank=8"], return_hydra_config=True)
+        problems, cells = SweepLrCheck._problems(cfg)
+        assert cells == 2 and [p.split(":")[0] for p in problems] == ["olora × metamathqa", "olora × code_feedback"]

@@ -210,7 +210,8 @@ class SweepLrCheck(_HydraCallback):  # type: ignore[misc,valid-type]
 
         from loralab.tables.grid import split_jobs
 
-        params = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}) or {}
+        swept = config.hydra.sweeper.get("params")  # None for a sweep given on the command line only
+        params = OmegaConf.to_container(swept) if swept is not None else {}
         task = list(OmegaConf.to_container(config.hydra.overrides.task) or [])
         jobs = split_jobs(params, task)  # type: ignore[arg-type]
         loader = GlobalHydra.instance().config_loader()
