@@ -185,7 +185,9 @@ def _fixture_overrides(dataset: str) -> list[str]:
     if dataset == "code_feedback":
         out.append("eval.allow_code_execution=true")
     if dataset == "commonsense170k":
-        out += ["eval.max_new_tokens=4", "eval.num_beams=1"]
+        # The recipe's cut-off (256 tokens) is in LLaMA tokens; the embedded tokenizer has one token per character,
+        # which LLM-Adapters' prompts alone exceed.
+        out += ["eval.max_new_tokens=4", "eval.num_beams=1", "dataset.max_length=1024"]
     return out
 
 
