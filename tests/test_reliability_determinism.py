@@ -90,3 +90,21 @@ def test_same_seed_same_result_and_the_seed_reaches_data_init_and_dropout(tmp_pa
     # which the identical repeat above shows are drawn from the seeded generator
     assert _same(first["initial"], no_dropout["initial"])
     assert not _same(first["adapter"], no_dropout["adapter"])
+
+
+def test_a_run_that_pretrains_the_embedded_model_ends_as_one_that_finds_it_cached(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first run of a config on a fresh machine (cold model cache) and every later one (warm cache) share a
+    run directory name, and a finished run is never redone: both must give the same result."""
+    monkeypatch.setenv("LORALAB_CACHE", str(tmp_path / "cache"))  # empty: the first run pretrains in-process
+    small = ["model.builder.steps=5", "+model.builder.corpus_size=500"]  # a small recipe keeps the build short
+    cold = _run(tmp_path / "cold", *small, "method.dropout=0.1")
+    assert list((tmp_path / "cache" / "embedded").glob("tiny_lm-*/config.json")), "the first run did not build"
+    warm = _run(tmp_path / "warm", *small, "method.dropout=0.1")
+
+    assert cold["metrics"]["run"]["name"] == warm["metrics"]["run"]["name"]
+    assert _same(cold["initial"], warm["initial"]) and cold["initial"]
+    assert cold["trajectory"] == warm["trajectory"]
+    assert cold["metrics"]["train"] == warm["metrics"]["train"]
+    assert cold["metrics"]["eval"] == warm["metrics"]["eval"]
+    assert _same(cold["adapter"], warm["adapter"])
