@@ -94,6 +94,12 @@ def _flip_middle_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
 CORRUPTIONS = {
     "truncated adapter": (lambda c: _truncate(c / "adapter_model.safetensors"), ["adapter_model.safetensors", "truncated"]),
     "truncated optimizer": (lambda c: _truncate(c / "optimizer.pt"), ["optimizer.pt", "truncated"]),
@@ -105,6 +111,12 @@ CORRUPTIONS = {
     "missing weights": (lambda c: (c / "adapter_model.safetensors").unlink(), ["missing", "model weights"]),
     "wrong step": (lambda c: (c / "trainer_state.json").write_text(
         json.dumps({**json.loads((c / "trainer_state.json").read_text()), "global_step": 3})), ["step 3", "not 4"]),
+    # bit rot: same length, intact header, so only the checksums tell
+    "bit-flipped adapter weights": (lambda c: _flip_middle_byte(c / "adapter_model.safetensors"),
+                                    ["adapter_model.safetensors", "SHA-256"]),
+    "bit-flipped rng state": (lambda c: _flip_last_byte(c / "rng_state.pth"), ["rng_state.pth"]),
+    "missing checksums": (lambda c: (c / "SHA256SUMS").unlink(), ["missing SHA256SUMS"]),
+    "file added after the save": (lambda c: (c / "notes.txt").write_text("x"), ["notes.txt", "not listed"]),
 }
 
 
@@ -121,22 +133,32 @@ def test_checkpoint_damage_is_detected_and_named(case: str, failed_run: Path, tm
         assert phrase in problem, f"{phrase!r} missing from: {problem}"
 
 
-def test_resume_skips_a_corrupt_newest_checkpoint(failed_run: Path, reference_adapter: dict[str, torch.Tensor],
+RESUME_DAMAGE = {  # damage to the newest checkpoint → the file the warning names
+    "truncated optimizer": (lambda c: _truncate(c / "optimizer.pt"), "optimizer.pt"),
+    "bit-flipped adapter weights": (lambda c: _flip_middle_byte(c / "adapter_model.safetensors"),
+                                    "adapter_model.safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_DAMAGE))
+def test_resume_skips_a_corrupt_newest_checkpoint(case: str, failed_run: Path,
+                                                  reference_adapter: dict[str, torch.Tensor],
                                                   tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     results = _copy(failed_run, tmp_path)
     checkpoints = _run_dir(results) / "checkpoints"
-    _truncate(checkpoints / "checkpoint-4" / "optimizer.pt")
+    damage, damaged_file = RESUME_DAMAGE[case]
+    damage(checkpoints / "checkpoint-4")
     with (_run_dir(results) / "steps.jsonl").open("a") as steps:
         steps.write('{"step": 6, "lo')  # a log line the killed process did not finish
     with caplog.at_level(logging.WARNING, logger="loralab"):
         metrics = run(compose(*SHORT, runs_dir=results))
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert "checkpoint-4" in warning and "optimizer.pt" in warning and "not loaded" in warning
+    assert "checkpoint-4" in warning and damaged_file in warning and "not loaded" in warning
 
     assert metrics["train"]["resumed_from"] == str(checkpoints / "checkpoint-2")
     assert metrics["train"]["steps"] == 6
     assert "checkpoint-4" in metrics["train"]["skipped_checkpoints"][0]
-    assert (checkpoints / "corrupt-checkpoint-4" / "optimizer.pt").is_file()  # kept for inspection
+    assert (checkpoints / "corrupt-checkpoint-4" / damaged_file).is_file()  # kept for inspection
     status = read_json(_run_dir(results) / "status.json")
     assert status["state"] == "finished" and status["attempt"] == 2
     logged = [json.loads(line) for line in (_run_dir(results) / "steps.jsonl").read_text().splitlines()]

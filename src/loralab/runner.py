@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from loralab import distributed
+from loralab.checksums import write_manifest
 from loralab.data.build import training_examples
 from loralab.errors import ConfigError
 from loralab.evaluation.checks import check_suite, check_suite_fits_model
@@ -174,7 +175,7 @@ def _save_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, trai
                           diagnostics: Any, train_extra: dict[str, Any]) -> dict[str, Any]:
     # 3. save the trained weights (swapped in whole, never half-written), then evaluate
     progress["stage"] = "save"
-    weights = atomic_write_dir(run_dir.path / "adapter", lambda out: method.save(trainer.model, out))
+    weights = atomic_write_dir(run_dir.path / "adapter", lambda out: _save_sealed(method, trainer.model, out))
     progress["stage"] = "evaluate"
     scores = evaluate_suite(trainer.model, tokenizer, cfg.eval, run_dir.path, cfg.progress, eval_records)
 
@@ -213,6 +214,13 @@ def _save_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, trai
     write_curves(run_dir.path)  # curves.png from steps.jsonl: loss, learning rate, diagnostics
     atomic_write_json(run_dir.metrics_file, metrics)
     return metrics
+
+
+def _save_sealed(method: Method, model: torch.nn.Module, out: Path) -> Any:
+    """The adapter's files, then their checksums (checked before a finished run is trusted)."""
+    weights = method.save(model, out)
+    write_manifest(out)
+    return weights
 
 
 def _headline(task_scores: dict[str, float]) -> str:

@@ -9,7 +9,9 @@ directory either crashes deep inside ``torch.load`` or, worse, resumes from a mi
 ``resumable_checkpoint`` therefore checks checkpoints newest first without loading any tensor into the
 model: every file the Trainer needs is present, every safetensors file is exactly as long as its header
 says, every ``torch.save`` archive has an intact zip directory (and matching CRCs when small enough to read
-quickly), and ``trainer_state.json`` parses and names the same step as the directory. The newest one that
+quickly), ``trainer_state.json`` parses and names the same step as the directory, and every file matches the
+SHA-256 checksum recorded when the checkpoint was saved (``SHA256SUMS``, written last, so a checkpoint without
+it was not completely saved; a same-length flipped byte passes every other check). The newest one that
 passes is returned; the newer ones that failed are reported and moved aside to ``corrupt-checkpoint-N[.k]``
 (kept for inspection, invisible to the Trainer's ``checkpoint-*`` globbing and rotation). When none passes,
 nothing is moved and the run stops with an error that names each checkpoint and its problem.
@@ -23,6 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from loralab.checksums import manifest_problem
 from loralab.errors import LoralabError
 
 log = logging.getLogger("loralab")
@@ -162,7 +165,7 @@ def checkpoint_problem(path: str | Path) -> str | None:
     step = checkpoint_step(path)
     if step is not None and state.get("global_step") != step:
         return f"{TRAINER_STATE} records step {state.get('global_step')!r}, not {step}"
-    return None
+    return manifest_problem(path)
 
 
 def _quarantine(path: Path) -> Path:

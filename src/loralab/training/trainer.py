@@ -14,6 +14,7 @@ from transformers.trainer_utils import TrainOutput
 
 from loralab.methods.base import Method
 from loralab.training.callbacks import NonFiniteGuard, StepLogCallback
+from loralab.training.checkpoint_seal import CheckpointSeal
 from loralab.training.termination import StopOnTermination, TerminationFlag
 from loralab.training.checkpoints import TRAINER_STATE, resumable_checkpoint
 
@@ -52,7 +53,7 @@ def build_trainer(
     if not isinstance(step_log, StepLogCallback):
         step_log = StepLogCallback(step_log)
     optimizer = method.build_optimizer(model, lr=args.learning_rate, weight_decay=args.weight_decay)
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -63,6 +64,8 @@ def build_trainer(
         callbacks=[step_log, *([StopOnTermination(termination)] if termination else []), NonFiniteGuard(),
                    *method.callbacks(), *extra_callbacks],
     )
+    trainer.add_callback(CheckpointSeal(trainer))  # last: it seals each checkpoint once the rest is written
+    return trainer
 
 
 def train_or_restore(trainer: Trainer, resume_from: str | None) -> TrainOutput:
