@@ -32,7 +32,7 @@ from loralab.distributed import is_main_process
 from loralab.errors import LoralabError
 from loralab.hydra_callbacks import SweepDirectory
 from loralab.io import atomic_write_json, read_json
-from loralab.rundir import RunDir
+from loralab.rundir import LOG_FILE, RunDir, appending_log
 from loralab.runner import run
 from loralab.training.termination import EXIT_STATUS as TERMINATED_EXIT_STATUS
 from loralab.training.termination import Terminated
@@ -51,7 +51,8 @@ _sweep_dir: Path | None = None
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        run_cell(cfg, hydra_cfg)
+        with appending_log(Path(hydra_cfg.runtime.output_dir) / LOG_FILE):  # the cell's log beside its cell.json
+            run_cell(cfg, hydra_cfg)
         return
     try:
         run(cfg)

@@ -3,20 +3,41 @@
 Re-running the same config finds the same directory: a finished run is skipped, an unfinished one resumes
 from its last checkpoint. Keys that do not change the result (where results go, logging, progress bars, the
 paper-table layout) are left out of the hash.
+
+A finished run is skipped only once its records check out (``status.json``, ``metrics.json`` and
+``config.yaml`` parse, the adapter is there and matches its checksums); a damaged one stops the run with one
+line naming the file and the fix, ``force_rerun=true``. One process at a time works in a run directory: it
+holds an exclusive ``flock`` on ``<run>/.lock`` (pid and host written inside), and a second process on the
+same config stops before writing anything, naming the holder. The kernel drops the lock when its holder
+exits or dies (kill -9 included), so a lock left by a dead process is simply taken over. ``flock`` works on
+local file systems and on NFS (Linux clients emulate it with NFS byte-range locks); where the file system
+refuses locks, the run goes on unlocked with a warning.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
+import logging
+import os
 import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from loralab.distributed import global_train_batch, world_size
+from loralab.checksums import MANIFEST, manifest_problem
+from loralab.distributed import global_train_batch, is_main_process, world_size
+from loralab.errors import LoralabError
 from loralab.io import atomic_write_json, read_json
+
+log = logging.getLogger("loralab")
 
 # Top-level keys that never change what a run computes. ``table`` lays results out in a paper table: a cell two
 # tables share is one run, and renaming a column re-runs nothing. ``lr_source`` and ``tune_lr`` say where the
@@ -25,6 +46,19 @@ NON_SEMANTIC_KEYS = ("paths", "logger", "hydra", "progress", "force_rerun", "dia
                      "tune_lr")
 
 STATUS_FILE = "status.json"
+CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".lock"
+LOG_FILE = "run.log"
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+START_OVER = "re-run with force_rerun=true to start this run over"
+
+
+class DamagedRunError(LoralabError):
+    """A file of a run directory cannot be read or fails its checksum; the message names it and the fix."""
+
+
+class RunLockedError(LoralabError):
+    """Another live process holds the run directory."""
 
 
 def config_hash(cfg: DictConfig, processes: int | None = None) -> str:
@@ -61,14 +95,162 @@ class RunDir:
 
     def status(self) -> dict[str, Any]:
         file = self.path / STATUS_FILE
-        return read_json(file) if file.exists() else {"state": "new"}
+        if not file.exists():
+            return {"state": "new"}
+        status = read_record(file)
+        if not isinstance(status.get("state"), str):
+            raise DamagedRunError(f"{file} has no state; the run's progress is unknown: {START_OVER}")
+        return status
 
     def is_finished(self) -> bool:
         return self.status().get("state") == "finished" and self.metrics_file.exists()
 
+    def finished_metrics(self) -> dict[str, Any]:
+        """The metrics of a finished run, once its records check out; DamagedRunError naming the file if not."""
+        metrics = read_record(self.metrics_file)
+        missing = [k for k in ("run", "eval", "train") if not isinstance(metrics.get(k), dict)]
+        if missing:
+            raise DamagedRunError(f"{self.metrics_file} lacks its {missing} section(s): {START_OVER}")
+        config = self.path / CONFIG_FILE
+        try:
+            loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise DamagedRunError(f"{config} is unreadable ({_first_line(err)}): {START_OVER}") from err
+        if not isinstance(loaded, dict) or not {"model", "method", "dataset", "seed"} <= set(loaded):
+            raise DamagedRunError(f"{config} is not this run's resolved configuration: {START_OVER}")
+        adapter = self.path / "adapter"
+        if not adapter.is_dir():
+            raise DamagedRunError(f"{adapter} (the trained weights) is missing: {START_OVER}")
+        if (adapter / MANIFEST).is_file():
+            problem = manifest_problem(adapter)
+            if problem:
+                raise DamagedRunError(f"{adapter}: {problem}: {START_OVER}")
+        else:  # saved before adapters carried checksums: nothing to verify against
+            log.warning("%s has no %s (saved by an earlier loralab); its weights were not verified", adapter, MANIFEST)
+        return metrics
+
     def clear(self) -> None:
-        if self.path.exists():
-            shutil.rmtree(self.path)
+        """Remove the run's files; the lock file stays, so a process holding it keeps holding it."""
+        if not self.path.exists():
+            return
+        for child in self.path.iterdir():
+            if child.name == LOCK_FILE:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
 
     def mark(self, state: str, **details: Any) -> None:
         atomic_write_json(self.path / STATUS_FILE, {"state": state, **details})
+
+    def check_unlocked(self) -> None:
+        """Stop, writing nothing, if a live process holds this run directory (a cheap early look)."""
+        try:
+            handle = open(self.path / LOCK_FILE, encoding="utf-8")  # noqa: SIM115 — closed below
+        except FileNotFoundError:
+            return
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunLockedError(self._locked_message(handle)) from None
+            except OSError:
+                return  # no locking on this file system: locked() warns about it
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run directory for the block (creating it); RunLockedError if a live process holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        # read-write without O_APPEND, under which Linux's pwrite ignores the offset
+        descriptor = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        with os.fdopen(descriptor, "r+", encoding="utf-8") as handle:
+            if not _lock_exclusive(handle):
+                raise RunLockedError(self._locked_message(handle))
+            previous = _holder(handle)
+            if previous:  # written by a holder that never released the lock: it died (the kernel released it)
+                log.warning("taking over %s from %s, which ended without releasing it", self.path,
+                            _describe(previous))
+            record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            _overwrite(handle, record + "\n")
+            try:
+                yield
+            finally:
+                _overwrite(handle, "")  # an empty lock file: released cleanly
+                with contextlib.suppress(OSError):  # (no lock to release where the file system refused one)
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _locked_message(self, handle: Any) -> str:
+        holder = _holder(handle)
+        who = _describe(holder) if holder else "another process (it has not recorded its pid yet)"
+        return (f"run directory {self.path} is in use by {who}; wait for it to end, or stop it and run the same "
+                f"command again to resume")
+
+
+@contextlib.contextmanager
+def appending_log(file: Path) -> Iterator[None]:
+    """Every log record of the block is appended to ``file`` as well (a run's ``run.log`` spans its attempts)."""
+    handler = logging.FileHandler(file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def read_record(file: Path) -> dict[str, Any]:
+    """A run's JSON record (status, metrics) as a dict; DamagedRunError naming the file if it is not one."""
+    try:
+        record = read_json(file)
+    except FileNotFoundError as err:
+        raise DamagedRunError(f"{file} is missing: {START_OVER}") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedRunError(f"{file} is not valid JSON ({_first_line(err)}): {START_OVER}") from err
+    if not isinstance(record, dict):
+        raise DamagedRunError(f"{file} holds a JSON {type(record).__name__}, not an object: {START_OVER}")
+    return record
+
+
+def _lock_exclusive(handle: Any) -> bool:
+    """Take the lock without waiting: False if another process holds it. A file system that refuses locks
+    counts as taken (with a warning): stopping every run there would be worse than not detecting a twin."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as err:
+        if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        log.warning("%s: the file system refuses locks (%s); a second process on this config would not be "
+                    "stopped", handle.name, os.strerror(err.errno))
+    return True
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _holder(handle: Any) -> dict[str, Any] | None:
+    handle.seek(0)
+    try:
+        holder = json.loads(handle.read() or "null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    return f"pid {holder.get('pid')} on host {holder.get('host')} (since {holder.get('since')})"
+
+
+def _overwrite(handle: Any, text: str) -> None:
+    """Replace the lock file's content in one write at offset 0 (a reader sees old or new, rarely a mix)."""
+    data = text.encode("utf-8")
+    os.pwrite(handle.fileno(), data, 0)
+    os.ftruncate(handle.fileno(), len(data))
+    handle.flush()

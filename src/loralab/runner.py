@@ -7,6 +7,7 @@ rank trains and only the main process writes, saves and evaluates (``distributed
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -25,13 +26,13 @@ from loralab.data.build import training_examples
 from loralab.errors import ConfigError
 from loralab.evaluation.checks import check_suite, check_suite_fits_model
 from loralab.evaluation.evaluator import evaluate_suite, load_suite_records
-from loralab.io import atomic_write_dir, atomic_write_json, atomic_write_text, read_json
+from loralab.io import atomic_write_dir, atomic_write_json, atomic_write_text
 from loralab.lr_source import check_learning_rate
 from loralab.methods.base import Method, calibration_batches, count_trainable
 from loralab.models.loading import load_model, model_provenance
 from loralab.provenance import git_state, hardware, package_versions, peak_memory_bytes
 from loralab.reports.curves import write_curves
-from loralab.rundir import RunDir, config_hash
+from loralab.rundir import LOG_FILE, RunDir, appending_log, config_hash
 from loralab.tracking import track_run
 from loralab.training.checkpoints import resumable_checkpoint
 from loralab.training.callbacks import StepLogCallback
@@ -59,15 +60,22 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    with contextlib.ExitStack() as held:  # the run directory's lock and log file, released however the run ends
+        return _run(cfg, held)
+
+
+def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     started = time.time()
     check_config(cfg)
     method: Method = build(cfg.method, _convert_="all")
     check_launch(method, cfg.trainer)  # FSDP/DeepSpeed, or a setting DDP breaks: refused before anything runs
     distributed.setup(cfg.trainer)  # joins the launcher's process group (torchrun); alone, nothing
     run_dir = RunDir.for_config(cfg)
+    distributed.on_main(run_dir.check_unlocked)  # another process is on this config: stop before loading anything
     if not cfg.force_rerun and distributed.on_main(run_dir.is_finished):
+        metrics = distributed.on_main(run_dir.finished_metrics)  # a damaged record stops here, naming the file
         log.info("already finished, skipping: %s", run_dir.path)
-        return distributed.on_main(read_json, run_dir.metrics_file)
+        return metrics
     set_seed(cfg.seed)
 
     # 1. model, method, data — all checked before anything is written
@@ -90,7 +98,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainable = count_trainable(model)
 
     # 2. train (resuming from the last complete checkpoint of an interrupted run)
+    finished = distributed.on_main(_hold_run_dir, cfg, run_dir, held)
+    if finished is not None:
+        log.info("already finished, skipping: %s", run_dir.path)
+        return finished
     attempt = distributed.on_main(_open_run_dir, cfg, run_dir)
+    if distributed.is_main_process():
+        held.enter_context(appending_log(run_dir.path / LOG_FILE))
     progress: dict[str, Any] = {}  # filled as training goes, so a failure can say where it happened
     try:
         # SIGTERM: checkpoint after the current step, then stop; the tracker is finished on every way out
@@ -115,6 +129,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("finished %s: %s", run_dir.path.name,
                  {t: _headline(s) for t, s in metrics["eval"]["tasks"].items()})
     return metrics
+
+
+def _hold_run_dir(cfg: DictConfig, run_dir: RunDir, held: contextlib.ExitStack) -> dict[str, Any] | None:
+    """Lock the run directory for the rest of the run, from its first write on (a second process on this
+    config stops there, naming this one); the metrics if another process finished it while this one loaded."""
+    held.enter_context(run_dir.locked())
+    if not cfg.force_rerun and run_dir.is_finished():
+        return run_dir.finished_metrics()
+    return None
 
 
 def _open_run_dir(cfg: DictConfig, run_dir: RunDir) -> int:

@@ -45,6 +45,7 @@ show ``n/a``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -54,11 +55,13 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from loralab.errors import ConfigError
-from loralab.io import read_json
 from loralab.lr_source import labelled_lr
 from loralab.tables.grid import runs_of_table
 from loralab.tables.pooling import check_one_batch, check_seeds_only, open_keys, pooled_groups
+from loralab.rundir import CONFIG_FILE, START_OVER, STATUS_FILE, DamagedRunError, read_record
 from loralab.tables.reference import NOT_APPLICABLE, ReferenceTable, load_reference
+
+log = logging.getLogger("loralab")
 
 SOURCES: tuple[str, ...] = ("eval", "cost", "train", "diagnostics", "steps")
 AVERAGES: tuple[str, ...] = ("tasks", "examples")
@@ -185,17 +188,44 @@ def _dotted(data: Any, path: str) -> Any:
     return data
 
 
-def collect_runs(runs_dir: Path) -> list[RunResult]:
-    """Every finished run under ``runs_dir`` (unfinished and failed runs have no metrics.json)."""
+def collect_runs(runs_dir: Path, skipped: list[str] | None = None) -> list[RunResult]:
+    """Every finished run under ``runs_dir`` (unfinished and failed runs have no metrics.json). A run whose
+    records cannot be read is left out with a warning and described in ``skipped``: one damaged run must not
+    stop every table."""
     results = []
     for metrics_file in sorted(Path(runs_dir).glob("*/metrics.json")):
-        status_file = metrics_file.parent / "status.json"
-        if status_file.exists() and read_json(status_file).get("state") != "finished":
+        try:
+            result = _read_run(metrics_file)
+        except DamagedRunError as err:
+            log.warning("left out of the table: %s", err)
+            if skipped is not None:
+                skipped.append(str(err))
             continue
-        metrics = read_json(metrics_file)
-        results.append(RunResult(metrics["run"], metrics["eval"]["protocol"], metrics["eval"]["tasks"],
-                                 metrics_file.parent, metrics))
+        if result is not None:
+            results.append(result)
     return results
+
+
+def _read_run(metrics_file: Path) -> RunResult | None:
+    status_file = metrics_file.parent / STATUS_FILE
+    if status_file.exists() and read_record(status_file).get("state") != "finished":
+        return None
+    metrics = read_record(metrics_file)
+    evaluation = metrics.get("eval")
+    if not isinstance(metrics.get("run"), dict) or not isinstance(evaluation, dict) \
+            or not isinstance(evaluation.get("tasks"), dict) or "protocol" not in evaluation:
+        raise DamagedRunError(f"{metrics_file} lacks its run / eval.protocol / eval.tasks entries: {START_OVER}")
+    result = RunResult(metrics["run"], evaluation["protocol"], evaluation["tasks"], metrics_file.parent, metrics)
+    config = metrics_file.parent / CONFIG_FILE
+    if config.is_file():
+        try:
+            loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        except (UnicodeDecodeError, yaml.YAMLError) as err:
+            raise DamagedRunError(f"{config} is unreadable ({type(err).__name__}): {START_OVER}") from err
+        if not isinstance(loaded, dict):
+            raise DamagedRunError(f"{config} is not a configuration: {START_OVER}")
+        result._config = loaded
+    return result
 
 
 def _matches(run: RunResult, wanted: dict[str, Any], fields: Mapping[str, str]) -> bool:
@@ -416,5 +446,9 @@ def table_from_spec(spec: dict[str, Any], runs_dir: Path, root: Path = Path(".")
     """The table of experiment ``spec['name']`` from the finished runs under ``runs_dir`` that are its cells, the
     cells composed with ``overrides`` as its sweeps ran them (see :func:`loralab.tables.grid.table_cells`)."""
     reference = load_reference(root / spec["reference"]) if spec.get("reference") else None
-    runs = runs_of_table(spec["name"], collect_runs(runs_dir), overrides, root / "conf")
-    return tabulate(spec, runs, reference)
+    skipped: list[str] = []
+    runs = runs_of_table(spec["name"], collect_runs(runs_dir, skipped), overrides, root / "conf")
+    table = tabulate(spec, runs, reference)
+    table.notes.extend(f"Run left out, its records being damaged (re-run it with force_rerun=true): {problem}"
+                       for problem in skipped)
+    return table
