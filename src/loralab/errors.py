@@ -17,5 +17,9 @@ class DatasetUnavailableError(LoralabError):
     """A data set could not be found locally nor fetched."""
 
 
+class DataFileError(LoralabError):
+    """A local data file exists but cannot be read; the message names the file, the line and the problem."""
+
+
 class NonFiniteLossError(LoralabError):
     """Training produced a NaN/inf loss or gradient."""

@@ -41,6 +41,8 @@ from loralab.training.heldout import heldout_loss, proxy_split
 from loralab.training.parallelism import check_launch
 from loralab.training.termination import Terminated, TerminationFlag, graceful_termination
 from loralab.training.trainer import build_trainer, loss_summary, train_or_restore, training_arguments
+from loralab.validation import (check_seed, check_template_syntax, check_templates_fill, check_trainer,
+                                check_training_arguments)
 
 log = logging.getLogger("loralab")
 
@@ -51,12 +53,17 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"rank={cfg.rank!r} is invalid: rank must be a positive integer (e.g. rank=8)")
     if not isinstance(cfg.alpha, (int, float)) or cfg.alpha <= 0:
         raise ConfigError(f"alpha={cfg.alpha!r} is invalid: alpha must be a positive number (e.g. alpha=16)")
+    check_seed(cfg.seed)
+    check_trainer(cfg.trainer)
     if cfg.trainer.get("bf16") and not torch.cuda.is_available() and not cfg.get("allow_cpu_bf16", False):
         raise ConfigError(
             "trainer.bf16=true needs a CUDA GPU and none is visible; use trainer.bf16=false on this machine"
         )
     check_learning_rate(cfg)  # a paper table's cell runs at a labelled learning rate (PAPER/INFERRED/TUNED)
     check_suite(cfg.eval)
+    check_template_syntax(cfg)
+    check_training_arguments(lambda: training_arguments(cfg.trainer, RunDir.for_config(cfg).checkpoints, cfg.seed,
+                                                        list(cfg.logger.report_to), cfg.progress))
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -86,6 +93,7 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     examples, collator = training_examples(cfg.dataset, tokenizer)
     examples, heldout = proxy_split(examples, cfg.get("proxy"), cfg.dataset.name)  # tune-lr proxy runs only
     eval_records = load_suite_records(cfg.eval)
+    check_templates_fill(cfg.eval, eval_records)
     check_suite_fits_model(cfg.eval, model, tokenizer)
     total_params = sum(p.numel() for p in model.parameters())
 

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from loralab.errors import DatasetUnavailableError
+from loralab.data.file_checks import data_file_problem
+from loralab.errors import DataFileError, DatasetUnavailableError, LoralabError
 
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -58,7 +59,9 @@ def load_records(
     except DatasetUnavailableError:
         raise
     except Exception as err:  # datasets raises many types (ConnectionError, FileNotFoundError, HfHubHTTPError...)
-        where = f"local path {path!r}" if path else f"hub id {hub_id!r}" + (f" (config {name!r})" if name else "")
+        if path:
+            raise _local_load_error(Path(path).expanduser(), split, override_key, err) from err
+        where = f"hub id {hub_id!r}" + (f" (config {name!r})" if name else "")
         raise DatasetUnavailableError(
             f"could not load data set from {where}, split {split!r}: {type(err).__name__}: {str(err)[:200]}. "
             f"{how_to_override(override_key, path)}"
@@ -66,6 +69,22 @@ def load_records(
     if limit is not None:
         data = data.select(range(min(limit, len(data))))
     return data if lazy else [dict(row) for row in data]
+
+
+def _local_load_error(path: Path, split: str, override_key: str, err: Exception) -> LoralabError:
+    """The error for a local copy that did not load: missing, or what is wrong inside it (file, line, problem)."""
+    key = command_line_key(override_key)
+    if not path.exists():
+        return DatasetUnavailableError(f"{key}={path} does not exist; point it at a local copy of the data set (a "
+                                       f"json/jsonl/csv/parquet file, or a directory saved with save_to_disk)")
+    problem = data_file_problem(path)
+    if problem:
+        return DataFileError(f"data set {key}: {problem}; fix the file, or point {key} at a good copy")
+    cause = err
+    while cause.__cause__ is not None or cause.__context__ is not None:  # datasets wraps the real error
+        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+    return DatasetUnavailableError(f"could not load the data set at {key}={path}, split {split!r}: "
+                                   f"{type(cause).__name__}: {str(cause)[:300]}")
 
 
 def require_fields(rows: Sequence[dict[str, Any]], fields: Sequence[str], source: str) -> None:
@@ -86,8 +105,6 @@ def require_fields(rows: Sequence[dict[str, Any]], fields: Sequence[str], source
 def _load_local(path: Path, split: str):
     import datasets
 
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
     if path.is_file():
         builder = FILE_BUILDERS.get("".join(path.suffixes[-1:]))
         if builder is None:
