@@ -101,3 +101,17 @@ def test_the_lock_is_held_for_the_whole_run_and_released_after(tmp_path: Path, m
     assert (path / LOCK_FILE).read_text() == ""
     again = run(compose(*SHORT, runs_dir=tmp_path))  # finished: skipped, with the lock free
     assert again["run"]["name"] == path.name
+
+
+def test_in_a_multi_process_launch_only_rank_0_holds_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun starts every rank on the same config: the other ranks must not be refused as twins."""
+    run_dir = RunDir(tmp_path / "run")
+    monkeypatch.setenv("RANK", "0")
+    with run_dir.locked():
+        monkeypatch.setenv("RANK", "1")
+        run_dir.check_unlocked()
+        with run_dir.locked():
+            pass
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(RunLockedError):
+            run_dir.check_unlocked()
