@@ -92,7 +92,7 @@ def _fields() -> dict[str, Any]:
 
 def _accepts(value: Any, hint: Any) -> tuple[bool, str]:
     """Whether ``value`` has the annotated type, and how the valid values read. Types this does not model
-    (classes of accelerate, nested literals of lists) are accepted here and left to TrainingArguments."""
+    (accelerate's ParallelismConfig, say) are accepted here and left to TrainingArguments itself."""
     origin = typing.get_origin(hint)
     options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
     enums = [o for o in options if isinstance(o, type) and issubclass(o, enum.Enum)]
