@@ -44,14 +44,14 @@ KILL_AFTER = 4  # kill once checkpoint-4 is complete, about halfway
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _start_reference(results: Path) -> subprocess.Popen:
-    """Both uninterrupted references in one process (one interpreter start-up instead of two), through the
+def _start_reference(results: Path, names: list[str], log_file: Path) -> subprocess.Popen:
+    """Uninterrupted references of several methods in one process (fewer interpreter start-ups), through the
     same runner and the same composed configs as ``run.py`` (checked below: same run directory name)."""
     script = (
         "import sys; sys.path.insert(0, 'tests'); from conftest import compose; from loralab.runner import run\n"
-        + "".join(f"run(compose(*{args + COMMON!r}, runs_dir={str(results)!r}))\n" for args in METHODS.values())
+        + "".join(f"run(compose(*{METHODS[n] + COMMON!r}, runs_dir={str(results)!r}))\n" for n in names)
     )
-    with (results.parent / "reference.log").open("w") as log:  # the child keeps its own copy of the handle
+    with log_file.open("w") as log:  # the child keeps its own copy of the handle
         return subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=log, text=True)
 
@@ -107,11 +107,13 @@ def test_the_sds_schedule_straddles_the_kill() -> None:
 
 @pytest.mark.slow
 def test_kill_9_then_rerun_resumes_to_the_same_result(tmp_path: Path) -> None:
-    # The three first processes run side by side (the machine's cores overlap their start-up); each run is
+    # The first processes run side by side (the machine's cores overlap their start-up); each run is
     # single-process and deterministic, so running concurrently changes nothing in what they compute.
     reference = tmp_path / "reference"
     work = {name: tmp_path / name for name in METHODS}
-    ref_proc = _start_reference(reference)
+    names = list(METHODS)  # two reference processes: one would be the last to finish by far
+    ref_logs = [tmp_path / "reference-1.log", tmp_path / "reference-2.log"]
+    ref_procs = [_start_reference(reference, names[:3], ref_logs[0]), _start_reference(reference, names[3:], ref_logs[1])]
     killed = {name: _popen(args + COMMON, work[name], tmp_path / f"{name}-killed.log") for name, args in METHODS.items()}
     _kill_after_checkpoint(killed, work)
 
@@ -123,8 +125,9 @@ def test_kill_9_then_rerun_resumes_to_the_same_result(tmp_path: Path) -> None:
         output = logs[name].read_text()
         assert proc.returncode == 0, output[-3000:]
         assert "resuming from" in output, name
-    ref_proc.wait(timeout=400)
-    assert ref_proc.returncode == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    for ref_proc, ref_log in zip(ref_procs, ref_logs):
+        ref_proc.wait(timeout=400)
+        assert ref_proc.returncode == 0, ref_log.read_text()[-3000:]
 
     for name in METHODS:
         (run_dir,) = (work[name] / "runs").iterdir()
