@@ -146,7 +146,7 @@ class RunDir:
 
     def check_unlocked(self) -> None:
         """Stop, writing nothing, if a live process holds this run directory (a cheap early look)."""
-        if not _is_main_process():
+        if not is_main_process():
             return
         try:
             handle = open(self.path / LOCK_FILE, encoding="utf-8")  # noqa: SIM115 — closed below
@@ -166,7 +166,7 @@ class RunDir:
         """Hold the run directory for the block (creating it); RunLockedError if a live process holds it.
         In a multi-process launch (torchrun, accelerate) the run is one job: its rank 0 holds the lock."""
         self.path.mkdir(parents=True, exist_ok=True)
-        if not _is_main_process():
+        if not is_main_process():
             yield
             return
         # read-write without O_APPEND, under which Linux's pwrite ignores the offset
@@ -220,10 +220,6 @@ def read_record(file: Path) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise DamagedRunError(f"{file} holds a JSON {type(record).__name__}, not an object: {START_OVER}")
     return record
-
-
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"  # torchrun and accelerate set the global rank
 
 
 def _lock_exclusive(handle: Any) -> bool:
