@@ -62,8 +62,6 @@ def check_config(cfg: DictConfig) -> None:
     check_learning_rate(cfg)  # a paper table's cell runs at a labelled learning rate (PAPER/INFERRED/TUNED)
     check_suite(cfg.eval)
     check_template_syntax(cfg)
-    check_training_arguments(lambda: training_arguments(cfg.trainer, RunDir.for_config(cfg).checkpoints, cfg.seed,
-                                                        list(cfg.logger.report_to), cfg.progress))
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -78,6 +76,9 @@ def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     check_launch(method, cfg.trainer)  # FSDP/DeepSpeed, or a setting DDP breaks: refused before anything runs
     distributed.setup(cfg.trainer)  # joins the launcher's process group (torchrun); alone, nothing
     run_dir = RunDir.for_config(cfg)
+    # transformers' own checks of the trainer options together; after setup, as they set up the devices
+    check_training_arguments(lambda: training_arguments(cfg.trainer, run_dir.checkpoints, cfg.seed,
+                                                        list(cfg.logger.report_to), cfg.progress))
     distributed.on_main(run_dir.check_unlocked)  # another process is on this config: stop before loading anything
     if not cfg.force_rerun and distributed.on_main(run_dir.is_finished):
         metrics = distributed.on_main(run_dir.finished_metrics)  # a damaged record stops here, naming the file
