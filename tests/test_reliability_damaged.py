@@ -107,9 +107,10 @@ def test_the_table_builder_leaves_damaged_runs_out_and_lists_them(finished: Path
     assert [r.path for r in collect_runs(results / "runs", skipped)] == [good]
     assert len(skipped) == 3 and all("force_rerun=true" in s for s in skipped)
 
-    spec = {"name": "t", "reference": None, "row_keys": ["method"], "filter": {}, "fields": {"seed": "seed"},
+    # the embedded experiment's table: its lora cell, composed with the overrides the run was made with
+    spec = {"name": "embedded", "reference": None, "row_keys": ["method"], "filter": {}, "fields": {"seed": "seed"},
             "columns": [{"header": "EM", "task": "arith_word_problems", "metric": "exact_match", "scale": 100}]}
-    table = build_from_spec(spec, results / "runs", root=ROOT)
+    table = build_from_spec(spec, results / "runs", root=ROOT, overrides=SHORT)
     assert "| lora |" in table
     left_out = "\n".join(line for line in table.splitlines() if line.startswith("Run left out"))
     for name in ("metrics.json", "config.yaml", "status.json"):
