@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from loralab.distributed import is_main_process
 from loralab.errors import LoralabError
 from loralab.training.termination import EXIT_STATUS as TERMINATED_EXIT_STATUS
 from loralab.training.termination import Terminated
@@ -77,7 +78,7 @@ def exit_code(err: BaseException | None) -> int:
 @contextlib.contextmanager
 def track_run(cfg: DictConfig, run_dir: Path) -> Iterator[Tracker]:
     """The tracker of one run, finished however the block is left."""
-    if WANDB not in list(cfg.logger.get("report_to") or []) or not _main_process():
+    if WANDB not in list(cfg.logger.get("report_to") or []) or not is_main_process():  # rank 0 tracks
         yield Tracker()
         return
     run = start_wandb(cfg, Path(run_dir))
@@ -136,8 +137,3 @@ def _hydra_choice(group: str) -> str | None:
         return None
     choice = HydraConfig.get().runtime.choices.get(group)
     return str(choice) if choice not in (None, "null") else None
-
-
-def _main_process() -> bool:
-    """Only the global rank 0 of a multi-process launch tracks (as the Trainer's callback does)."""
-    return int(os.environ.get("RANK", "0")) == 0
