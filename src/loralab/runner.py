@@ -1,4 +1,5 @@
-"""The recipe: one run = load → adapt → train → save → evaluate → record. Read it top to bottom.
+"""The recipe: one run = check → load → adapt → resume → train → save → evaluate (and record). Read
+:class:`TrainEvaluateRecipe` top to bottom; :func:`run` is the entry point.
 
 Everything that varies between experiments is configuration (``conf/``); this file only sequences it.
 Nothing is written to the run directory until the configuration, model, method and data have been checked,
@@ -65,197 +66,284 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run ``cfg`` (skipped when this exact config already finished); its metrics.json as a dict."""
     with contextlib.ExitStack() as held:  # the run directory's lock and log file, released however the run ends
-        return _run(cfg, held)
+        return TrainEvaluateRecipe(cfg, held).run()
 
 
-def _run(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
-    started = time.time()
-    check_config(cfg)
-    method: Method = build(cfg.method, _convert_="all")
-    check_launch(method, cfg.trainer)  # FSDP/DeepSpeed, or a setting DDP breaks: refused before anything runs
-    distributed.setup(cfg.trainer)  # joins the launcher's process group (torchrun); alone, nothing
-    run_dir = RunDir.for_config(cfg)
-    # transformers' own checks of the trainer options together; after setup, as they set up the devices
-    check_training_arguments(lambda: training_arguments(cfg.trainer, run_dir.checkpoints, cfg.seed,
-                                                        list(cfg.logger.report_to), cfg.progress))
-    distributed.on_main(run_dir.check_unlocked)  # another process is on this config: stop before loading anything
-    if not cfg.force_rerun and distributed.on_main(run_dir.is_finished):
-        metrics = distributed.on_main(run_dir.finished_metrics)  # a damaged record stops here, naming the file
-        log.info("already finished, skipping: %s", run_dir.path)
+class TrainEvaluateRecipe:
+    """One run of one config, its stages in the order :meth:`run` calls them.
+
+    Before the run directory exists: :meth:`check` (the config alone), :meth:`load` (model, method, data and
+    suite, each checked) and :meth:`adapt` (calibrate data-driven inits, wrap the model). Then
+    :meth:`open_run_dir` takes the directory, where the :data:`STAGES` follow: :meth:`resume`, :meth:`train`,
+    :meth:`save` and :meth:`evaluate` (which records metrics.json). A run that stops in one of them says so in
+    ``status.json``: the stage's name, the steps completed and the checkpoint it resumed from.
+    """
+
+    #: The stages that run inside the run directory, in order: ``status.json``'s ``stage`` of a failed run.
+    STAGES: tuple[str, ...] = ("resume", "train", "save", "evaluate")
+
+    # set by check(), load() and adapt(), before anything is written
+    run_dir: RunDir
+    method: Method
+    model: torch.nn.Module
+    tokenizer: Any
+    examples: Any
+    collator: Any
+    heldout: Any                 # the lr-selection proxy's held-out split (tune-lr proxy runs only), else None
+    eval_records: Any
+    targets: list[str]
+    total_params: int
+    trainable: int
+    # set by open_run_dir() and the stages
+    attempt: int
+    resume_from: str | None = None
+    skipped: list[Any]
+    termination: TerminationFlag
+    trainer: Any = None
+    train_output: Any
+    train_extra: dict[str, Any]
+    diagnostics: Any
+
+    def __init__(self, cfg: DictConfig, held: contextlib.ExitStack) -> None:
+        self.cfg = cfg
+        self.held = held                      # the run directory's lock and log file, released by run()
+        self.started = time.time()
+        self.stage: str | None = None         # the stage running now, named on failure
+
+    def run(self) -> dict[str, Any]:
+        self.check()
+        if (done := self.finished_before()) is not None:
+            return done
+        set_seed(self.cfg.seed)
+        self.load()
+        self.adapt()
+        if (done := self.open_run_dir()) is not None:
+            return done
+        try:
+            # SIGTERM: checkpoint after the current step, then stop; the tracker is finished on every way out
+            with graceful_termination() as self.termination, track_run(self.cfg, self.run_dir.path) as tracker:
+                self.resume()
+                self.train()
+                # on the main process only, the other ranks waiting: save, evaluate, record
+                metrics = distributed.on_main(self._save_and_evaluate)
+                tracker.log_result(metrics)
+        except BaseException as err:
+            self.record_failure(err)
+            raise
+        self.record_finished(metrics)
         return metrics
-    set_seed(cfg.seed)
 
-    # 1. model, method, data — all checked before anything is written
-    num_labels = cfg.dataset.get("num_labels")
-    model, tokenizer = load_model(cfg.model, num_labels=num_labels)
-    targets = list(cfg.method.get("target_modules") or cfg.model.target_modules)
-    method.validate(model, targets)
-    examples, collator = training_examples(cfg.dataset, tokenizer)
-    examples, heldout = proxy_split(examples, cfg.get("proxy"), cfg.dataset.name)  # tune-lr proxy runs only
-    eval_records = load_suite_records(cfg.eval)
-    check_templates_fill(cfg.eval, eval_records)
-    check_suite_fits_model(cfg.eval, model, tokenizer)
-    total_params = sum(p.numel() for p in model.parameters())
+    # --- before the run directory exists: nothing is written ---
 
-    # data-driven initialisations (LoRA-GA, CorDA) get exactly the training examples they declare, or the run
-    # stops; the same on every rank, whatever the batch size or number of processes
-    request = method.calibration_request()
-    calibration = calibration_batches(request, examples, collator, cfg.method.name) if request else None
+    def check(self) -> None:
+        """The config, the method's launch and transformers' trainer options; joins the process group."""
+        cfg = self.cfg
+        check_config(cfg)
+        self.method = build(cfg.method, _convert_="all")
+        check_launch(self.method, cfg.trainer)  # FSDP/DeepSpeed, or a setting DDP breaks: refused before anything runs
+        distributed.setup(cfg.trainer)  # joins the launcher's process group (torchrun); alone, nothing
+        self.run_dir = RunDir.for_config(cfg)  # named after setup: a multi-process run's hash includes its launch
+        # transformers' own checks of the trainer options together; after setup, as they set up the devices
+        check_training_arguments(self._training_arguments)
+        distributed.on_main(self.run_dir.check_unlocked)  # another process is on this config: stop before loading
 
-    model = method.prepare(model, targets, list(cfg.model.get("modules_to_save") or []), calibration)
-    trainable = count_trainable(model)
+    def finished_before(self) -> dict[str, Any] | None:
+        """The metrics of this config's finished run (a damaged record stops here, naming the file), unless
+        ``force_rerun``."""
+        if self.cfg.force_rerun or not distributed.on_main(self.run_dir.is_finished):
+            return None
+        metrics = distributed.on_main(self.run_dir.finished_metrics)
+        log.info("already finished, skipping: %s", self.run_dir.path)
+        return metrics
 
-    # 2. train (resuming from the last complete checkpoint of an interrupted run)
-    finished = distributed.on_main(_hold_run_dir, cfg, run_dir, held)
-    if finished is not None:
-        log.info("already finished, skipping: %s", run_dir.path)
-        return finished
-    attempt = distributed.on_main(_open_run_dir, cfg, run_dir)
-    if distributed.is_main_process():
-        held.enter_context(appending_log(run_dir.path / LOG_FILE))
-    progress: dict[str, Any] = {}  # filled as training goes, so a failure can say where it happened
-    try:
-        # SIGTERM: checkpoint after the current step, then stop; the tracker is finished on every way out
-        with graceful_termination() as termination, track_run(cfg, run_dir.path) as tracker:
-            metrics = _train_evaluate_record(cfg, run_dir, method, model, tokenizer, examples, collator,
-                                             eval_records, started, trainable, total_params, attempt, progress,
-                                             termination, heldout)
-            tracker.log_result(metrics)
-    except BaseException as err:
-        # Whatever stops a run after its directory exists is recorded there, so no run is left "running";
-        # the exception still propagates (the CLI turns LoralabErrors into one line and a non-zero exit).
-        state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-        trainer = progress.get("trainer")
+    def load(self) -> None:
+        """Model, method, training data and evaluation suite, all checked against each other."""
+        cfg = self.cfg
+        self.model, self.tokenizer = load_model(cfg.model, num_labels=cfg.dataset.get("num_labels"))
+        self.targets = list(cfg.method.get("target_modules") or cfg.model.target_modules)
+        self.method.validate(self.model, self.targets)
+        examples, self.collator = training_examples(cfg.dataset, self.tokenizer)
+        self.examples, self.heldout = proxy_split(examples, cfg.get("proxy"), cfg.dataset.name)
+        self.eval_records = load_suite_records(cfg.eval)
+        check_templates_fill(cfg.eval, self.eval_records)
+        check_suite_fits_model(cfg.eval, self.model, self.tokenizer)
+        self.total_params = sum(p.numel() for p in self.model.parameters())
+
+    def adapt(self) -> None:
+        """The adapter on the model. Data-driven initialisations (LoRA-GA, CorDA) get exactly the training
+        examples they declare, or the run stops; the same on every rank, whatever the batch size or number of
+        processes."""
+        cfg = self.cfg
+        request = self.method.calibration_request()
+        calibration = calibration_batches(request, self.examples, self.collator, cfg.method.name) if request else None
+        self.model = self.method.prepare(self.model, self.targets, list(cfg.model.get("modules_to_save") or []),
+                                         calibration)
+        self.trainable = count_trainable(self.model)
+
+    # --- the run directory ---
+
+    def open_run_dir(self) -> dict[str, Any] | None:
+        """Lock and open the run directory (its first write) and log there; the metrics instead if another
+        process finished this config while this one loaded."""
+        finished = distributed.on_main(self._hold_run_dir)
+        if finished is not None:
+            log.info("already finished, skipping: %s", self.run_dir.path)
+            return finished
+        self.attempt = distributed.on_main(self._create_run_dir)
         if distributed.is_main_process():
-            run_dir.mark(state, attempt=attempt, error=f"{type(err).__name__}: {err}",
-                         completed_steps=trainer.state.global_step if trainer is not None else None,
-                         stage=progress.get("stage"), resumed_from=progress.get("resumed_from"),
-                         failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        raise
-    if distributed.is_main_process():
-        run_dir.mark("finished", attempt=attempt, resumed_from=metrics["train"]["resumed_from"])
-        log.info("finished %s: %s", run_dir.path.name,
-                 {t: _headline(s) for t, s in metrics["eval"]["tasks"].items()})
-    return metrics
+            self.held.enter_context(appending_log(self.run_dir.path / LOG_FILE))
+        return None
 
+    def _hold_run_dir(self) -> dict[str, Any] | None:
+        """Lock the run directory for the rest of the run, from its first write on (a second process on this
+        config stops there, naming this one); the metrics if another process finished it while this one loaded."""
+        self.held.enter_context(self.run_dir.locked())
+        if not self.cfg.force_rerun and self.run_dir.is_finished():
+            return self.run_dir.finished_metrics()
+        return None
 
-def _hold_run_dir(cfg: DictConfig, run_dir: RunDir, held: contextlib.ExitStack) -> dict[str, Any] | None:
-    """Lock the run directory for the rest of the run, from its first write on (a second process on this
-    config stops there, naming this one); the metrics if another process finished it while this one loaded."""
-    held.enter_context(run_dir.locked())
-    if not cfg.force_rerun and run_dir.is_finished():
-        return run_dir.finished_metrics()
-    return None
+    def _create_run_dir(self) -> int:
+        """Create (after a forced re-run: empty) the run directory, record the config; returns the attempt."""
+        run_dir = self.run_dir
+        if self.cfg.force_rerun:
+            # a forced re-run starts from scratch, not from the old run's checkpoints; cleared only now, so a
+            # forced re-run that fails its checks leaves the previous results in place
+            run_dir.clear()
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir.path / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+        attempt = int(run_dir.status().get("attempt", 0)) + 1
+        # pid/host let a reader tell a live run from one killed without a chance to record it (kill -9, OOM)
+        run_dir.mark("running", attempt=attempt, pid=os.getpid(), host=socket.gethostname())
+        return attempt
 
+    # --- the stages (STAGES) ---
 
-def _open_run_dir(cfg: DictConfig, run_dir: RunDir) -> int:
-    """Create (after a forced re-run: empty) the run directory, record the config; returns the attempt."""
-    if cfg.force_rerun:
-        # a forced re-run starts from scratch, not from the old run's checkpoints; cleared only now, so a
-        # forced re-run that fails its checks leaves the previous results in place
-        run_dir.clear()
-    run_dir.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    attempt = int(run_dir.status().get("attempt", 0)) + 1
-    # pid/host let a reader tell a live run from one killed without a chance to record it (kill -9, OOM)
-    run_dir.mark("running", attempt=attempt, pid=os.getpid(), host=socket.gethostname())
-    return attempt
+    def _begin(self, stage: str) -> None:
+        assert stage in self.STAGES, stage
+        self.stage = stage
 
+    def resume(self) -> None:
+        """The last complete checkpoint of an interrupted run, if any (incomplete ones are set aside)."""
+        self._begin("resume")
+        self.resume_from, self.skipped = distributed.on_main(self._resume_point)
+        if self.resume_from:
+            log.info("resuming from %s", self.resume_from)
 
-def _train_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, model: torch.nn.Module,
-                           tokenizer: Any, examples: Any, collator: Any, eval_records: Any, started: float,
-                           trainable: int, total_params: int, attempt: int,
-                           progress: dict[str, Any], termination: TerminationFlag,
-                           heldout: Any = None) -> dict[str, Any]:
-    progress["stage"] = "resume"
-    resume_from, skipped = distributed.on_main(_resume_point, run_dir, attempt)
-    progress["resumed_from"] = resume_from
-    if resume_from:
-        log.info("resuming from %s", resume_from)
-    report_to = list(cfg.logger.report_to)
-    args = training_arguments(cfg.trainer, run_dir.checkpoints, cfg.seed, report_to, cfg.progress)
-    step_log = StepLogCallback(run_dir.path / "steps.jsonl")
-    diagnostics = diagnostics_callback(cfg.get("diagnostics") or {}, step_log, report_to)
-    trainer = build_trainer(model, method, args, examples, collator, step_log,
-                            extra_callbacks=[diagnostics] if diagnostics else (), termination=termination)
-    progress.update(stage="train", trainer=trainer)
-    train_output = train_or_restore(trainer, resume_from)
-    if termination.requested:  # the Trainer saved a checkpoint at this step and stopped early
-        raise Terminated(f"received SIGTERM; stopped after step {trainer.state.global_step} and saved a "
-                         "checkpoint there: run the same command again to resume")
+    def _resume_point(self) -> tuple[str | None, list[Any]]:
+        resume_from, skipped = resumable_checkpoint(self.run_dir.checkpoints)
+        self.run_dir.mark("running", attempt=self.attempt, pid=os.getpid(), host=socket.gethostname(),
+                          resumed_from=resume_from, skipped_checkpoints=[s.describe() for s in skipped])
+        return resume_from, skipped
 
-    # the lr-selection proxy's score, on every rank (the Trainer's evaluation loop gathers across processes)
-    train_extra = {"heldout_loss": heldout_loss(trainer, heldout)} if heldout is not None else {}
+    def train(self) -> None:
+        """Train on every rank (from the resume point), then the lr-selection proxy's held-out loss."""
+        self._begin("train")
+        cfg = self.cfg
+        report_to = list(cfg.logger.report_to)
+        step_log = StepLogCallback(self.run_dir.path / "steps.jsonl")
+        self.diagnostics = diagnostics_callback(cfg.get("diagnostics") or {}, step_log, report_to)
+        self.trainer = build_trainer(self.model, self.method, self._training_arguments(), self.examples,
+                                     self.collator, step_log,
+                                     extra_callbacks=[self.diagnostics] if self.diagnostics else (),
+                                     termination=self.termination)
+        self.train_output = train_or_restore(self.trainer, self.resume_from)
+        if self.termination.requested:  # the Trainer saved a checkpoint at this step and stopped early
+            raise Terminated(f"received SIGTERM; stopped after step {self.trainer.state.global_step} and saved a "
+                             "checkpoint there: run the same command again to resume")
+        # the lr-selection proxy's score, on every rank (the Trainer's evaluation loop gathers across processes)
+        heldout = self.heldout
+        self.train_extra = {"heldout_loss": heldout_loss(self.trainer, heldout)} if heldout is not None else {}
 
-    # 3.-4. on the main process only, the other ranks waiting: save, evaluate, record
-    return distributed.on_main(_save_evaluate_record, cfg, run_dir, method, trainer, train_output, tokenizer,
-                               eval_records, started, trainable, total_params, resume_from, skipped, progress,
-                               diagnostics, train_extra)
+    def _save_and_evaluate(self) -> dict[str, Any]:
+        weights = self.save()
+        return self.evaluate(weights)
 
+    def save(self) -> Path:
+        """The trained adapter, swapped in whole (never half-written) with its checksums."""
+        self._begin("save")
+        return Path(atomic_write_dir(self.run_dir.path / "adapter", self._save_sealed))
 
-def _resume_point(run_dir: RunDir, attempt: int) -> tuple[str | None, list[Any]]:
-    resume_from, skipped = resumable_checkpoint(run_dir.checkpoints)
-    run_dir.mark("running", attempt=attempt, pid=os.getpid(), host=socket.gethostname(),
-                 resumed_from=resume_from, skipped_checkpoints=[s.describe() for s in skipped])
-    return resume_from, skipped
+    def _save_sealed(self, out: Path) -> Any:
+        """The adapter's files, then their checksums (checked before a finished run is trusted)."""
+        weights = self.method.save(self.trainer.model, out)
+        write_manifest(out)
+        return weights
 
+    def evaluate(self, weights: Path) -> dict[str, Any]:
+        """Score the suite, then record everything in metrics.json (and curves.png)."""
+        self._begin("evaluate")
+        cfg = self.cfg
+        scores = evaluate_suite(self.trainer.model, self.tokenizer, cfg.eval, self.run_dir.path, cfg.progress,
+                                self.eval_records)
+        metrics = self.metrics(scores, weights)
+        write_curves(self.run_dir.path)  # curves.png from steps.jsonl: loss, learning rate, diagnostics
+        atomic_write_json(self.run_dir.metrics_file, metrics)
+        return metrics
 
-def _save_evaluate_record(cfg: DictConfig, run_dir: RunDir, method: Method, trainer: Any, train_output: Any,
-                          tokenizer: Any, eval_records: Any, started: float, trainable: int, total_params: int,
-                          resume_from: str | None, skipped: list[Any], progress: dict[str, Any],
-                          diagnostics: Any, train_extra: dict[str, Any]) -> dict[str, Any]:
-    # 3. save the trained weights (swapped in whole, never half-written), then evaluate
-    progress["stage"] = "save"
-    weights = atomic_write_dir(run_dir.path / "adapter", lambda out: _save_sealed(method, trainer.model, out))
-    progress["stage"] = "evaluate"
-    scores = evaluate_suite(trainer.model, tokenizer, cfg.eval, run_dir.path, cfg.progress, eval_records)
+    # --- the record ---
 
-    # 4. record
-    processes = distributed.world_size()
-    metrics = {
-        "run": {
-            "name": run_dir.path.name, "config_hash": config_hash(cfg), "model": cfg.model.name,
-            "method": cfg.method.name, "rank": cfg.rank, "alpha": cfg.alpha, "dataset": cfg.dataset.name,
-            "seed": cfg.seed, "smoke": bool(cfg.get("smoke", False)),
-            # processes and examples per optimiser step: runs differing in either are different runs
-            "world_size": processes, "global_train_batch": distributed.global_train_batch(cfg.trainer, processes),
-        },
-        "eval": {"suite": cfg.eval.name, "protocol": cfg.eval.protocol, "tasks": scores},
-        "train": {
-            "steps": train_output.global_step,
-            # final_loss / mean_loss come from the log history, which a resume restores, so they match an
-            # uninterrupted run; the Trainer's own average covers only this process's steps (None if none).
-            **loss_summary(trainer.state.log_history),
-            "session_mean_loss": train_output.training_loss,
-            "resumed_from": resume_from,
-            "skipped_checkpoints": [s.describe() for s in skipped],
-            "calibration": request.record() if (request := method.calibration_request()) else None,
-            "init": method.init_summary(),
-            **train_extra,
-        },
-        "cost": {
-            "wall_time_s": round(time.time() - started, 2), "peak_memory_bytes": peak_memory_bytes(),
-            "trainable_params": trainable, "total_params": total_params,
-            "adapter_bytes": Path(weights).stat().st_size,
-        },
-        "diagnostics": summarise(diagnostics),
-        "provenance": {"git": git_state(), "packages": package_versions(), "hardware": hardware(),
-                       "model": model_provenance(cfg.model)},
-    }
-    write_curves(run_dir.path)  # curves.png from steps.jsonl: loss, learning rate, diagnostics
-    atomic_write_json(run_dir.metrics_file, metrics)
-    return metrics
+    def metrics(self, scores: dict[str, Any], weights: Path) -> dict[str, Any]:
+        """metrics.json: what ran, its scores, its training, its cost, its diagnostics and its provenance."""
+        cfg, train_output = self.cfg, self.train_output
+        processes = distributed.world_size()
+        request = self.method.calibration_request()
+        return {
+            "run": {
+                "name": self.run_dir.path.name, "config_hash": config_hash(cfg), "model": cfg.model.name,
+                "method": cfg.method.name, "rank": cfg.rank, "alpha": cfg.alpha, "dataset": cfg.dataset.name,
+                "seed": cfg.seed, "smoke": bool(cfg.get("smoke", False)),
+                # processes and examples per optimiser step: runs differing in either are different runs
+                "world_size": processes,
+                "global_train_batch": distributed.global_train_batch(cfg.trainer, processes),
+            },
+            "eval": {"suite": cfg.eval.name, "protocol": cfg.eval.protocol, "tasks": scores},
+            "train": {
+                "steps": train_output.global_step,
+                # final_loss / mean_loss come from the log history, which a resume restores, so they match an
+                # uninterrupted run; the Trainer's own average covers only this process's steps (None if none).
+                **loss_summary(self.trainer.state.log_history),
+                "session_mean_loss": train_output.training_loss,
+                "resumed_from": self.resume_from,
+                "skipped_checkpoints": [s.describe() for s in self.skipped],
+                "calibration": request.record() if request else None,
+                "init": self.method.init_summary(),
+                **self.train_extra,
+            },
+            "cost": {
+                "wall_time_s": round(time.time() - self.started, 2), "peak_memory_bytes": peak_memory_bytes(),
+                "trainable_params": self.trainable, "total_params": self.total_params,
+                "adapter_bytes": weights.stat().st_size,
+            },
+            "diagnostics": summarise(self.diagnostics),
+            "provenance": {"git": git_state(), "packages": package_versions(), "hardware": hardware(),
+                           "model": model_provenance(cfg.model)},
+        }
 
+    def record_failure(self, err: BaseException) -> None:
+        """Whatever stops a run after its directory exists is recorded there, so no run is left "running";
+        the caller re-raises (the CLI turns LoralabErrors into one line and a non-zero exit)."""
+        if not distributed.is_main_process():
+            return
+        state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        self.run_dir.mark(state, attempt=self.attempt, error=f"{type(err).__name__}: {err}",
+                          completed_steps=self.trainer.state.global_step if self.trainer is not None else None,
+                          stage=self.stage, resumed_from=self.resume_from,
+                          failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
-def _save_sealed(method: Method, model: torch.nn.Module, out: Path) -> Any:
-    """The adapter's files, then their checksums (checked before a finished run is trusted)."""
-    weights = method.save(model, out)
-    write_manifest(out)
-    return weights
+    def record_finished(self, metrics: dict[str, Any]) -> None:
+        if distributed.is_main_process():
+            self.run_dir.mark("finished", attempt=self.attempt, resumed_from=metrics["train"]["resumed_from"])
+            log.info("finished %s: %s", self.run_dir.path.name,
+                     {t: _headline(s) for t, s in metrics["eval"]["tasks"].items()})
+
+    def _training_arguments(self) -> Any:
+        cfg = self.cfg
+        return training_arguments(cfg.trainer, self.run_dir.checkpoints, cfg.seed, list(cfg.logger.report_to),
+                                  cfg.progress)
 
 
 def _headline(task_scores: dict[str, float]) -> str:
     metric = next(k for k in task_scores if not k.endswith("_stderr") and k != "n")
     return f"{metric}={task_scores[metric]:.4f} ± {task_scores[metric + '_stderr']:.4f} (n={task_scores['n']})"
-
