@@ -16,7 +16,7 @@ from loralab.methods.base import Method
 from loralab.training.callbacks import NonFiniteGuard, StepLogCallback
 from loralab.training.checkpoint_seal import CheckpointSeal
 from loralab.training.termination import StopOnTermination, TerminationFlag
-from loralab.training.checkpoints import TRAINER_STATE, resumable_checkpoint
+from loralab.training.checkpoints import TRAINER_STATE
 
 
 def training_arguments(trainer_cfg: DictConfig, output_dir: Path, seed: int, report_to: list[str],
@@ -84,11 +84,6 @@ def train_or_restore(trainer: Trainer, resume_from: str | None) -> TrainOutput:
             trainer.state = state
             return TrainOutput(state.global_step, None, {})  # type: ignore[arg-type]
     return trainer.train(resume_from_checkpoint=resume_from)
-
-
-def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest *complete* checkpoint; incomplete or corrupt ones are moved aside (see checkpoints.py)."""
-    return resumable_checkpoint(output_dir)[0]
 
 
 def loss_summary(log_history: Sequence[dict[str, Any]]) -> dict[str, float | int | None]:
