@@ -103,7 +103,7 @@ def test_lora_effective_gradient_is_first_order_gd_change() -> None:
     lr = 1e-6
     change = _step_change(lambda a_, b_: s * b_ @ a_, [a, b], g, lr)
     assert torch.allclose(change / -lr, gt, rtol=1e-4, atol=1e-6 * gt.abs().max())
-    # SVD form of sds_lora.md §1.2: s²(G V_A Σ_A² V_Aᵀ + U_B Σ_B² U_Bᵀ G).
+    # SVD form in docs/methods/sds_lora.md#gradient-distortion: s²(G V_A Σ_A² V_Aᵀ + U_B Σ_B² U_Bᵀ G).
     ua, sa, vha = torch.linalg.svd(a, full_matrices=False)
     ub, sb, _ = torch.linalg.svd(b, full_matrices=False)
     svd_form = s**2 * (g @ vha.T @ torch.diag(sa**2) @ vha + ub @ torch.diag(sb**2) @ ub.T @ g)

@@ -1,5 +1,5 @@
-"""LoRAM (methods.md §2.8): DST-I basis, logarithmic gain, magnitude matching with ν = mean square, residual,
-ablation switches (basis, gain, tracking) and the rank-1 guard."""
+"""LoRAM (docs/methods/loram.md#algorithm-1): DST-I basis, logarithmic gain, magnitude matching with ν = mean square,
+residual, ablation switches (basis, gain, tracking) and the rank-1 guard."""
 from __future__ import annotations
 
 import math

@@ -179,7 +179,8 @@ def test_lora_pro_adjusted_grads_solve_the_least_squares_problem():
 
     for _ in range(20):
         assert dist(torch.randn(r, r, dtype=torch.float64) * 1e-3) > dist(torch.zeros(r, r, dtype=torch.float64))
-    # ... and it is the Sylvester solution the notes give (checked with SciPy's independent solver).
+    # ... and it is the Sylvester solution of docs/methods/lora_pro.md#equivalent-gradient (checked with SciPy's
+    # independent solver).
     rhs = -(torch.linalg.inv(b.T @ b) @ g_a @ a.T / s**2).numpy()
     x = scipy.linalg.solve_sylvester((b.T @ b).numpy(), (a @ a.T).numpy(), rhs)
     plain_a, _ = adjusted_factor_grads(a, b, g_a, g_b, s, x_choice="zero")

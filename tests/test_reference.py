@@ -1,4 +1,4 @@
-"""Reference files of the paper tables: they load, form complete grids, carry the notes' numbers, and the
+"""Reference files of the paper tables: they load, form complete grids, carry the published numbers, and the
 loader rejects malformed files with an error that names the file and the problem."""
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def _value(table, column, **row):
     ("loram_table4", dict(model="llama2_7b", method="loram", rank="all", use_rslora=True, basis="dst", gain="log",
                           tracking="none"), "Average", 31.1),
 ])
-def test_spot_check_numbers_against_notes(refs, name, row, column, value):
+def test_spot_check_numbers_against_the_sources(refs, name, row, column, value):
     cell = _value(refs[name], column, **row)
     assert cell.status == "known" and cell.value == pytest.approx(value, abs=1e-9)
 
@@ -109,7 +109,7 @@ def test_not_found_cells_are_present_and_unknown(refs, name, row, column):
     assert cell.status == "unknown" and cell.value is None
 
 
-def test_tables_without_numbers_in_the_notes_have_none(refs):
+def test_tables_without_published_numbers_have_none(refs):
     for name in ("sds_table5", "sds_table7"):
         assert refs[name].known_cells() == []
         assert len(refs[name].cells) > 0
@@ -132,7 +132,8 @@ def test_sds_table6_overheads_consistent_with_times_and_memory(refs):
 
 
 def test_loram_table4_original_methods_match_table1(refs):
-    """Table 4's 'x' entries are Table 1 values truncated to the printed decimals (notes §3.4)."""
+    """Table 4's 'x' entries are Table 1 values truncated to the printed decimals
+    (docs/methods/protocols.md#loram-tables)."""
     t1, t4 = refs["loram_table1"], refs["loram_table4"]
     checked = 0
     for method in ("milora", "pissa", "loram"):

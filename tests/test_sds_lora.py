@@ -57,7 +57,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ------------------------------------------------------------------------------------------- schedule
-def test_phased_schedule_matches_the_notes_example() -> None:
+def test_phased_schedule_matches_the_documented_example() -> None:
+    # docs/methods/sds_lora.md#refresh-schedule: warm-up 2, k = 3, 11 steps
     assert refresh_steps(11, 2, "phased", k=3) == [3, 4, 5, 6, 8, 11]
 
 

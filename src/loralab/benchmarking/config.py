@@ -19,7 +19,7 @@ INIT_OVERRIDES: dict[str, dict[str, Any]] = {
     "corda": {"calibration_samples": None},
 }
 SDS_FAMILY = ("sds_lora", "sds_ortho")
-PAPER_LORA_PEAK_BYTES = int(128.54e9)  # sds_lora.md §5.6, MetaMathQA row (GB read as 10^9 bytes)
+PAPER_LORA_PEAK_BYTES = int(128.54e9)  # docs/methods/flops.md#reference-numbers, MetaMathQA row (GB read as 10^9 bytes)
 PAPER_TABLE6 = ROOT / "results" / "paper" / "sds_table6.yaml"
 LLAMA3_8B = LlamaShape(hidden=4096, intermediate=14336, heads=32, kv_heads=8, layers=32, vocab=128256, seq=512,
                        batch=4)

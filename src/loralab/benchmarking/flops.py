@@ -36,8 +36,9 @@ backward is averaged over an A-phase and a B-phase; its preconditioner 2r²(m+n)
 Attention (identical for every method): QKᵀ and A·V over the full S×S score matrix, 4·S·d forward and twice
 that backward per token (d = heads·head_dim); causal kernels that skip the masked half do about half of this.
 Initialisations (PiSSA's SVD, LoRA-GA's gradient, SDS's warm-up SVD) happen once and are not in the step.
-The SDS basis refresh (two QRs of m×r and n×r, about 4r²(m+n)) runs after a fraction of the steps; it is
-reported on its own by the benchmark, not in the per-step model.
+The SDS basis refresh (two QRs of m×r and n×r, counted as 2r²(m+n) by ``refresh_flops``;
+docs/methods/flops.md#sds-refresh) runs after a fraction of the steps; it is reported on its own by the benchmark,
+not in the per-step model.
 """
 from __future__ import annotations
 

@@ -95,7 +95,8 @@ def check_sds_alignment(res: dict[str, dict[str, Any]], window: int = 5, frac: f
         f"SDS's mean over the second half of training > LoRA's; {SELECTION} (the protocol is under g2).",
         bool(above >= frac and m_s > m_l), nums,
         note="G̃ is the first-order change of ΔW under a plain gradient step (metrics.py); the runs use AdamW, "
-        "whose actual step differs. The paper's exact alignment metric is not known (sds_lora.md §3).",
+        "whose actual step differs. The paper's exact alignment metric is not known "
+        "(docs/methods/diagnostics.md#alignment).",
     )
 
 

@@ -1,4 +1,5 @@
-"""LoRAM's synthetic 5-layer MLP (methods.md §3.2): Proposition 1 (Fig. 2a) and magnitude dynamics (Fig. 2b).
+"""LoRAM's synthetic 5-layer MLP (docs/methods/diagnostics.md#loram-synthetic-mlp): Proposition 1 (Fig. 2a) and
+magnitude dynamics (Fig. 2b).
 
 Setup (the paper gives only width 400, rank 25, SGD/Adam; the rest is INFERRED and fixed here): every one of
 the ``depth`` linear layers is a frozen random base ``W_l ~ N(0, 1/fan_in)`` plus a LoRA branch; tanh between

@@ -1,7 +1,8 @@
-"""Mechanism metrics of LoRA-family updates (SDS-LoRA §3, LoRAM §3.1).
+"""Mechanism metrics of LoRA-family updates (docs/methods/diagnostics.md; LoRAM's magnitude:
+docs/methods/loram.md#magnitude).
 
-The SDS-LoRA paper's own definitions were not available (``sds_lora.md`` §3, "NOT FOUND"); every function
-states the definition it implements. All functions take torch tensors (numpy arrays are converted) and
+The SDS-LoRA paper's own definitions were not available (NOT FOUND, docs/methods/diagnostics.md#metric-definitions);
+every function states the definition it implements. All functions take torch tensors (numpy arrays are converted) and
 compute in float64 so that tiny spectra do not drown in rounding error; they return Python floats or
 float64 tensors.
 
@@ -101,15 +102,16 @@ def cosine_similarity(x: Any, y: Any) -> float:
 def lora_effective_gradient(g: Any, a: Any, b: Any, scaling: float) -> torch.Tensor:
     """``G̃_LoRA = s²(G AᵀA + B Bᵀ G)``: first-order change of ``s·B·A`` under one plain GD step, / −η.
 
-    Equals ``s²(G V_A Σ_A² V_Aᵀ + U_B Σ_B² U_Bᵀ G)`` (sds_lora.md §1.2): the singular values of the factors
-    enter squared, which is the anisotropic scaling SDS-LoRA removes.
+    Equals ``s²(G V_A Σ_A² V_Aᵀ + U_B Σ_B² U_Bᵀ G)`` (docs/methods/sds_lora.md#gradient-distortion): the
+    singular values of the factors enter squared, which is the anisotropic scaling SDS-LoRA removes.
     """
     G, A, B = as_f64(g), as_f64(a), as_f64(b)
     return scaling**2 * (G @ A.T @ A + B @ (B.T @ G))
 
 
 def sds_effective_gradient(g: Any, q_a: Any, q_b: Any, scaling: float) -> torch.Tensor:
-    """``G̃_SDS = s²(P_B G + G P_A)`` with ``P_B = Q_B Q_Bᵀ``, ``P_A = Q_A Q_Aᵀ`` (sds_lora.md §1.3).
+    """``G̃_SDS = s²(P_B G + G P_A)`` with ``P_B = Q_B Q_Bᵀ``, ``P_A = Q_A Q_Aᵀ``
+    (docs/methods/sds_lora.md#parameterisation).
 
     ``q_a`` is n×r (orthonormal basis of row(A)), ``q_b`` is m×r (basis of col(B)).
     """
@@ -178,6 +180,6 @@ def update_magnitude(delta_w: Any) -> float:
 
 
 def mean_square(m: Any) -> float:
-    """LoRAM's magnitude ``ν[M] = ‖M‖_F² / #entries`` (methods.md §3.1)."""
+    """LoRAM's magnitude ``ν[M] = ‖M‖_F² / #entries`` (docs/methods/loram.md#magnitude)."""
     t = as_f64(m)
     return float(t.pow(2).mean()) if t.numel() else 0.0

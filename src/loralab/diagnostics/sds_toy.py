@@ -2,7 +2,7 @@
 
 SDS-LoRA is re-implemented here on purpose (no import of ``loralab.methods``): ΔW = s(Q_B A + B Q_Aᵀ) with
 Q_B = qr(B).Q, Q_A = qr(Aᵀ).Q held constant in the gradient and refreshed after every ``refresh`` steps,
-columns sign-aligned with the previous basis (sds_lora.md §1.3–1.4).
+columns sign-aligned with the previous basis (docs/methods/sds_lora.md#bases).
 
 1. ``kappa_sweep`` — Theorem 3.2 (LoRA's linear rate degrades with the condition number κ of the factors,
    SDS-LoRA's does not). Problem: ``min ½‖ΔW − M*‖_F²`` (factorisation) or ``½‖𝒜(ΔW) − y‖²/N`` (Gaussian

@@ -1,4 +1,5 @@
-"""The LoRA survey's matrix-factorisation testbed ``min ½‖XYᵀ − M‖_F²`` (methods.md §2.15–2.16).
+"""The LoRA survey's matrix-factorisation testbed ``min ½‖XYᵀ − M‖_F²``
+(docs/methods/diagnostics.md#survey-testbed).
 
 Survey notation: X ↔ B (m×r), Y ↔ Aᵀ (n×r), ``R = XYᵀ − M``, ``∇_X = RY``, ``∇_Y = RᵀX``. Algorithms (all
 with simultaneous updates, i.e. both gradients at the same point):

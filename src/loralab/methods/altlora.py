@@ -1,5 +1,5 @@
 """AltLoRA / AltLoRA+ (Yu, Wang, Chen, Xue, 2025): alternating, r×r-preconditioned factor updates with momentum
-carried across steps by re-expressing it in the other factor's new basis (methods.md §2.12).
+carried across steps by re-expressing it in the other factor's new basis (docs/methods/altlora.md#update).
 
 Per layer, in an A-phase (B held fixed)::
 
@@ -17,12 +17,14 @@ AltLoRA+ follows the authors' optimiser (``altlora_plus`` in their public code) 
     A ← A − η/(1−β1^t) · N / (√V_A + ε)
 
 The transported momentum N is used for this step only (the stored M is accumulated untransported) and V is not
-bias-corrected, so the first step is about η/√(1−β2) ≈ 32·η per entry, not Adam's η. One deliberate
-difference: the reference reads the constructor's learning rate, so a scheduler does not reach its steps (nor its
-weight decay η·λ); here both follow the Trainer's schedule, as for every other method.
+bias-corrected, so the first step is about η/√(1−β2) ≈ 32·η per entry, not Adam's η. Where loralab differs from
+the reference code (its alternation schedule, the order of updates without alternation, parameter pairing, and
+the learning rate: the reference reads the constructor's, so a scheduler does not reach its steps nor its weight
+decay η·λ, while here both follow the Trainer's schedule) is listed in
+docs/methods/altlora.md#differences-from-the-reference-code.
 
 Phases switch every ``alter_freq`` optimiser steps, starting with B (B0 = 0 is the factor with a non-zero gradient).
-Like the reference trainer, the inactive factor is frozen (``requires_grad=False``) so the next backward pass
+As in the reference trainer after its first switch, the inactive factor is frozen (``requires_grad=False``) so the next backward pass
 neither computes nor clips its gradient (``freeze_inactive``). The phase counter is optimiser state, so a resumed
 run continues the same schedule.
 """

@@ -109,7 +109,8 @@ class CorDA(ResidualLoRA):
     init_lora_weights: bool | str = "corda"
     # "ipm" (instruction-previewed, top-r, task data; INFERRED to be what LoRAM's ablation used) or "kpm" (bottom-r).
     corda_method: str = "ipm"
-    # Calibration samples for the covariance; the CorDA paper's count is not verified, 256 is INFERRED (§2.13).
+    # Calibration samples for the covariance; the CorDA paper's count is not verified, 256 is INFERRED
+    # (docs/methods/corda.md#defaults-and-choices).
     calibration_samples: int | None = 256
 
     def validate(self, model: nn.Module, target_modules: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""LoRA-GA (Wang, Yu, Li, NeurIPS 2024), the authors' reference recipe (methods.md §2.9).
+"""LoRA-GA (Wang, Yu, Li, NeurIPS 2024), the authors' reference recipe (docs/methods/lora_ga.md#reference-recipe).
 
 1. Average the full-weight gradient G = ∂L/∂W of every target layer over ``grad_batches`` calibration batches of
    ``grad_batch_size`` training examples (reference: 64 batches of 2, the first 128 examples of the training set).
@@ -7,8 +7,8 @@
 4. Scale ``stable``: **both** A0 and B0 times ``n^{1/4}/√γ`` (n = out_features); no singular values enter.
 5. ``W_res = W − s·B0A0`` so the model is unchanged at step 0; train with plain AdamW.
 
-PEFT's ``init_lora_weights="lora_ga"`` differs (methods.md §4.4): it multiplies B0 by ``diag(S[r:2r])`` and applies
-the stable factor to B0 only. ``tests/test_methods_optim.py`` shows the difference.
+PEFT's ``init_lora_weights="lora_ga"`` differs (docs/methods/lora_ga.md#peft-differs): it multiplies B0 by
+``diag(S[r:2r])`` and applies the stable factor to B0 only. ``tests/test_methods_optim.py`` shows the difference.
 
 Because W is replaced, saving goes through :class:`~loralab.methods.residual.ResidualLoRA`: the written adapter is the
 rank-2r conversion ``s(BA − B0A0)``, which applies to the *original* W like any plain PEFT LoRA adapter.
@@ -96,7 +96,7 @@ def loraga_factors(
             a_idx, b_idx = torch.arange(rank, 2 * rank), torch.arange(rank)
         elif direction == "ArBr":
             a_idx, b_idx = torch.arange(1, 2 * rank, 2), torch.arange(0, 2 * rank, 2)
-        else:  # "random": disjoint random halves of the top 2r indices (INFERRED: the notes only name the option)
+        else:  # "random": disjoint random halves of the top 2r indices (CODE, docs/methods/lora_ga.md#directions)
             perm = torch.randperm(2 * rank)
             a_idx, b_idx = perm[:rank], perm[rank:]
     a0 = v[:, a_idx].T.contiguous()

@@ -20,7 +20,8 @@ from loralab.methods.lora import LoRA
 @dataclass
 class LoRAPlus(LoRA):
     name: str = "lora_plus"
-    # λ = η_B / η_A. LoRA+ recommends 2^4 = 16; the LoRAM paper's baseline reads η_B = 4·η_A (INFERRED, §2.3).
+    # λ = η_B / η_A. LoRA+ recommends 2^4 = 16; the LoRAM paper's baseline reads η_B = 4·η_A (INFERRED,
+    # docs/methods/lora_plus.md#ratio-in-loram).
     loraplus_lr_ratio: float = 16.0
     # Learning rate of LoRA factors on embedding layers (PEFT's default).
     loraplus_lr_embedding: float = 1e-6

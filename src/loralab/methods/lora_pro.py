@@ -8,7 +8,8 @@ One LoRA step changes W by ``s(B·ĝ_A + ĝ_B·A)`` (first order). For raw facto
 
 for any r×r X (X cancels in the product). The paper fixes X by also keeping (ĝ_A, ĝ_B) closest to the raw
 gradients, which gives the Sylvester equation ``(BᵀB)X + X(AAᵀ) = −(1/s²)(BᵀB)⁻¹ g_A Aᵀ``
-(``x_choice="sylvester"``, the default; ``"zero"`` drops X for ablations). The AdamW equivalent (methods.md §2.10):
+(``x_choice="sylvester"``, the default; ``"zero"`` drops X for ablations). The AdamW equivalent
+(docs/methods/lora_pro.md#optimiser-step):
 full-size Adam moments on the equivalent gradient g̃, map the Adam direction back to factor gradients, re-adjust
 (with X), then a plain SGD step.
 Memory: two n×m moments per adapted layer, like full fine-tuning.

@@ -1,7 +1,8 @@
 """rsLoRA (Kalajdzievski, 2023): LoRA with the rank-stabilised scaling s = alpha/√r instead of alpha/r.
 
 That single change keeps forward/backward magnitudes independent of the rank; PEFT's ``use_rslora=True``.
-Mapping to the LoRAM paper's "RsLoRA, α = √r" (total multiplier √r): set ``alpha = rank`` (INFERRED, methods.md §2.2).
+Mapping to the LoRAM paper's "RsLoRA, α = √r" (total multiplier √r): set ``alpha = rank`` (INFERRED,
+docs/methods/rslora.md#loram-mapping).
 """
 from __future__ import annotations
 

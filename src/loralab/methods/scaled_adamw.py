@@ -2,14 +2,16 @@
 
 Per adapted layer the factor gradients are preconditioned by r×r matrices before entering Adam:
 ``∇A ← (BᵀB + δI)⁻¹ ∇A`` and ``∇B ← ∇B (AAᵀ + δI)⁻¹``. The reference optimiser (``AdamWr``) differs
-from PEFT's ``create_riemannian_optimizer`` in three ways we reproduce and expose as options (methods.md §2.11):
+from PEFT's ``create_riemannian_optimizer`` in three ways we reproduce and expose as options
+(docs/methods/scaled_adamw.md#reference-vs-peft):
 
 * damping δ = 1e-6 (PEFT: 1e-2) — ``damping``;
 * B's preconditioner uses the *already updated* A (PEFT: the pre-update A) — ``precondition_order``;
 * Adam ε = 1e-6 and no bias correction — ``eps`` / ``correct_bias``.
 
 This module also holds the pieces the other optimiser-side methods (LoRA-Pro, AltLoRA) share: pairing A with B by
-module (never by list position, methods.md §4.6), per-layer param groups, and plain AdamW for non-LoRA parameters.
+module (never by list position, docs/methods/scaled_adamw.md#pairing-by-module), per-layer param groups, and plain
+AdamW for non-LoRA parameters.
 """
 from __future__ import annotations
 

@@ -58,8 +58,9 @@ STATE_ATTR = "lora_sds"  # "lora_" prefix: PEFT treats it as adapter state (save
 def refresh_due(main_step: int, main_total: int, rule: str, k: int, interval: int) -> bool:
     """Whether the bases are refreshed after SDS step ``main_step`` (1-based, counted after the warm-up).
 
-    ``phased`` (sds_lora.md §1.6): the ``main_total`` SDS steps form k equal phases; in phase p the bases are
-    refreshed every p-th step (front-loaded). ``uniform``: every ``interval`` steps. ``every_step``: always.
+    ``phased`` (docs/methods/sds_lora.md#refresh-schedule): the ``main_total`` SDS steps form k equal phases; in phase
+    p the bases are refreshed every p-th step (front-loaded). ``uniform``: every ``interval`` steps. ``every_step``:
+    always.
     """
     if main_step < 1:
         return False
