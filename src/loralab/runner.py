@@ -241,11 +241,10 @@ class TrainEvaluateRecipe:
         """Train on every rank (from the resume point), then the lr-selection proxy's held-out loss."""
         self._begin("train")
         cfg = self.cfg
-        report_to = list(cfg.logger.report_to)
+        args = self._training_arguments()
         step_log = StepLogCallback(self.run_dir.path / "steps.jsonl")
-        self.diagnostics = diagnostics_callback(cfg.get("diagnostics") or {}, step_log, report_to)
-        self.trainer = build_trainer(self.model, self.method, self._training_arguments(), self.examples,
-                                     self.collator, step_log,
+        self.diagnostics = diagnostics_callback(cfg.get("diagnostics") or {}, step_log, list(cfg.logger.report_to))
+        self.trainer = build_trainer(self.model, self.method, args, self.examples, self.collator, step_log,
                                      extra_callbacks=[self.diagnostics] if self.diagnostics else (),
                                      termination=self.termination)
         self.train_output = train_or_restore(self.trainer, self.resume_from)
