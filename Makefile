@@ -71,7 +71,7 @@ else
 	  $(PY) run.py -m experiment=$$sweep progress=false paths.results_dir=$(RESULTS) $(ARGS) || status=1; \
 	done; \
 	for table in $$tables; do \
-	  $(PY) scripts/build_table.py --experiment $$table --runs $(RESULTS)/runs --out-dir $(RESULTS)/tables $(ARGS) || status=1; \
+	  $(PY) scripts/build_table.py --experiment $$table paths.results_dir=$(RESULTS) $(ARGS) || status=1; \
 	done; \
 	exit $$status
 endif
@@ -88,7 +88,7 @@ tune-lr: install
 	$(PY) scripts/tune_lr.py --experiment $(EXPERIMENT) paths.results_dir=$(RESULTS) $(ARGS)
 
 reproduce-rank-params: install
-	$(PY) scripts/rank_params_table.py --out-dir $(RESULTS)/tables
+	$(PY) scripts/rank_params_table.py paths.results_dir=$(RESULTS)
 
 # Per-method step time / memory / FLOPs and the framework tax, then evaluation decoding (reference vs per-row
 # stopping), into results/bench/; CUDA shapes when a GPU is visible. BENCH_ARGS goes to the overhead benchmark:

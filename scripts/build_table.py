@@ -3,8 +3,11 @@
 one self-contained file).
 
     python scripts/build_table.py --experiment embedded            # → results/tables/embedded.{md,html}
-    python scripts/build_table.py --experiment sds_table2 --runs results/runs
+    python scripts/build_table.py --experiment sds_table2 paths.results_dir=/scratch/results
     python scripts/build_table.py --experiment sds_table2 trainer.max_steps=20   # the sweeps ran with overrides
+
+Runs are read from ``paths.runs_dir``, the table written to ``paths.tables_dir`` and the paper's numbers read from
+``paths.reference_dir`` (conf/paths/default.yaml; ``--runs`` and ``--out-dir`` override the first two).
 
 The table shows the finished runs that are its experiment's cells (same config hash), composed with the same
 Hydra overrides the sweeps ran with; an override of a swept key (model=llama3_8b) still shows the whole grid.
@@ -22,6 +25,7 @@ from loralab.errors import LoralabError
 from loralab.io import atomic_write_text
 from loralab.reports.html import render_html
 from loralab.tables.build import render_markdown, table_from_spec
+from loralab.tables.grid import configured_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", required=True, help="name of a conf/experiment/<name>.yaml with a table block")
-    parser.add_argument("--runs", type=Path, default=ROOT / "results" / "runs")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "results" / "tables")
+    parser.add_argument("--runs", type=Path, default=None, help="run directories (default: paths.runs_dir)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="where the table goes (default: paths.tables_dir)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides the sweeps ran with, as for python run.py -m")
     args = parser.parse_args(argv)
 
@@ -41,12 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = OmegaConf.to_container(OmegaConf.load(spec_file).table)
     try:
-        table = table_from_spec(spec, args.runs, root=ROOT, overrides=args.overrides)
+        paths = configured_paths(args.overrides, ROOT / "conf")
+        table = table_from_spec(spec, args.runs or Path(paths.runs_dir), root=ROOT, overrides=args.overrides,
+                                reference_dir=Path(paths.reference_dir))
     except (LoralabError, HydraException) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     markdown = render_markdown(table)
-    out = args.out_dir / f"{spec['name']}.md"
+    out = (args.out_dir or Path(paths.tables_dir)) / f"{spec['name']}.md"
     report = out.with_suffix(".html")
     atomic_write_text(out, markdown)
     atomic_write_text(report, render_html(table, report))

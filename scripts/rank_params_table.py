@@ -19,8 +19,9 @@ from omegaconf import OmegaConf
 
 from loralab.io import atomic_write_text
 from loralab.tables.architectures import ARCHITECTURES
+from loralab.tables.grid import configured_paths
 from loralab.tables.rank_params import article_table, render_rank_table
-from loralab.tables.reference import load_reference
+from loralab.tables.reference import REFERENCE_DIR, load_reference, reference_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,9 +33,9 @@ def model_config(model: str) -> dict[str, Any]:
             "num_key_value_heads": arch.kv_heads, "head_dim": arch.head_dim, "num_hidden_layers": arch.layers}
 
 
-def build(spec: dict[str, Any], root: Path = ROOT) -> tuple[str, list[str]]:
+def build(spec: dict[str, Any], reference_dir: Path = REFERENCE_DIR) -> tuple[str, list[str]]:
     """``(markdown, problems)``: the computed table beside the article's numbers, and every mismatch."""
-    reference = load_reference(root / spec["reference"])
+    reference = load_reference(reference_file(spec["reference"], reference_dir))
     config = model_config(spec["model"])
     stated = {"targets": list(spec["targets"]), "budget": spec["budget"], **config}
     problems = [f"reference says {key} = {item['value']}, the spec / model {spec['model']} has {stated[key]}"
@@ -65,12 +66,14 @@ def build(spec: dict[str, Any], root: Path = ROOT) -> tuple[str, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "results" / "tables")
+    parser.add_argument("--out-dir", type=Path, default=None, help="where the table goes (default: paths.tables_dir)")
+    parser.add_argument("overrides", nargs="*", help="paths overrides, e.g. paths.results_dir=/scratch/results")
     args = parser.parse_args(argv)
+    paths = configured_paths(args.overrides, ROOT / "conf")
     spec = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "experiment" / "rank_params.yaml").table)
     assert isinstance(spec, dict)
-    text, problems = build(spec)
-    out = args.out_dir / f"{spec['name']}.md"
+    text, problems = build(spec, Path(paths.reference_dir))
+    out = (args.out_dir or Path(paths.tables_dir)) / f"{spec['name']}.md"
     atomic_write_text(out, text)
     print(text)
     print(f"written: {out}")

@@ -18,7 +18,7 @@ from loralab.tables.architectures import ARCHITECTURES
 from loralab.tables.grid import expand_sweep, sweeps_of, table_sweeps, tables_of
 from loralab.tables.plan import (CALIBRATION_HOURS, CALIBRATION_OVERRIDES, GIB, calibrate, estimate_cell, plan,
                                  render_plan, trainable_params)
-from loralab.tables.reference import load_reference
+from loralab.tables.reference import load_reference, reference_file
 
 EXPERIMENTS = ROOT / "conf" / "experiment"
 FIXTURES = ROOT / "tests" / "fixtures" / "data"
@@ -86,7 +86,7 @@ def test_table_block_matches_its_reference(table: str) -> None:
     columns = [Column(**c) for c in spec["columns"]]
     assert "filter" not in spec and "table" not in spec.get("fields", {})   # runs are selected by their config
     if spec.get("reference"):
-        reference = load_reference(ROOT / spec["reference"])
+        reference = load_reference(reference_file(spec["reference"]))
         assert spec["row_keys"] == reference.row_keys
         headers = [c.header for c in columns]
         assert set(headers) <= set(reference.columns), set(headers) - set(reference.columns)
@@ -226,7 +226,7 @@ def test_smoke_cell_runs_end_to_end_into_its_table(table: str, results_dir: Path
     if paper_value is not None:                                # the paper column is filled from the reference
         assert f"| {paper_value} |" in text
     if spec.get("reference"):                                  # the paper's rows are laid out, ours beside them
-        reference = load_reference(ROOT / spec["reference"])
+        reference = load_reference(reference_file(spec["reference"]))
         assert len([l for l in text.splitlines() if l.startswith("| ") and "ours" not in l]) >= len(reference.rows())
 
 
@@ -246,7 +246,7 @@ def _run(run: dict[str, Any], scores: dict[str, dict[str, float]], config: dict[
 
 def test_builder_fields_wildcards_task_means_and_na_cells() -> None:
     spec = _spec("loram_table4")
-    reference = load_reference(ROOT / spec["reference"])
+    reference = load_reference(reference_file(spec["reference"]))
     method = {"use_rslora": False, "basis": "dst", "gain": "log", "tracking": "none"}
     runs = [_run({"model": "llama2_7b", "method": "loram", "rank": rank},
                  {task: {metric: value / 100} for task, metric in
@@ -263,7 +263,7 @@ def test_builder_fields_wildcards_task_means_and_na_cells() -> None:
 
 def test_loram_table2_mnli_is_the_overall_matched_and_mismatched_accuracy() -> None:
     spec = _spec("loram_table2")
-    reference = load_reference(ROOT / spec["reference"])
+    reference = load_reference(reference_file(spec["reference"]))
     run = _run({"model": "deberta_v3_base", "method": "lora", "rank": 8},
                {"mnli_m": {"accuracy": 0.80, "n": 100}, "mnli_mm": {"accuracy": 0.90, "n": 300}})
     lora = _cells(build_table(spec, [run], reference), "| deberta_v3_base | lora | 8 |")
@@ -274,7 +274,7 @@ def test_loram_table2_mnli_is_the_overall_matched_and_mismatched_accuracy() -> N
 
 def test_builder_cost_columns_and_overheads() -> None:
     spec = _spec("sds_table6")
-    reference = load_reference(ROOT / spec["reference"])
+    reference = load_reference(reference_file(spec["reference"]))
     runs = []
     for method, seconds, gib in (("lora", 3600.0, 100.0), ("sds_lora", 3780.0, 101.0)):
         run = _run({"model": "llama3_8b", "method": method, "dataset": "metamathqa"}, {},

@@ -4,7 +4,8 @@ A table is declared by the ``table:`` block of an experiment config:
 
     table:
       name: sds_table2                           # the experiment: its sweeps' cells are the table's runs
-      reference: results/paper/sds_table2.yaml   # or null when no paper reports these cells
+      reference: sds_table2                      # <paths.reference_dir>/sds_table2.yaml, or null when no paper
+                                                 # reports these cells
       row_keys: [model, method, rank]            # run fields that identify a row
       columns:
         - {header: GSM8K, task: gsm8k, metric: exact_match, scale: 100}
@@ -59,7 +60,7 @@ from loralab.lr_source import labelled_lr
 from loralab.tables.grid import runs_of_table
 from loralab.tables.pooling import check_one_batch, check_seeds_only, open_keys, pooled_groups
 from loralab.rundir import CONFIG_FILE, START_OVER, STATUS_FILE, DamagedRunError, read_record
-from loralab.tables.reference import NOT_APPLICABLE, ReferenceTable, load_reference
+from loralab.tables.reference import NOT_APPLICABLE, REFERENCE_DIR, ReferenceTable, load_reference, reference_file
 
 log = logging.getLogger("loralab")
 
@@ -437,15 +438,16 @@ def _fmt_key(value: Any) -> str:
 
 
 def build_from_spec(spec: dict[str, Any], runs_dir: Path, root: Path = Path("."),
-                    overrides: Sequence[str] = ()) -> str:
-    return render_markdown(table_from_spec(spec, runs_dir, root, overrides))
+                    overrides: Sequence[str] = (), reference_dir: Path = REFERENCE_DIR) -> str:
+    return render_markdown(table_from_spec(spec, runs_dir, root, overrides, reference_dir))
 
 
 def table_from_spec(spec: dict[str, Any], runs_dir: Path, root: Path = Path("."),
-                    overrides: Sequence[str] = ()) -> Table:
+                    overrides: Sequence[str] = (), reference_dir: Path = REFERENCE_DIR) -> Table:
     """The table of experiment ``spec['name']`` from the finished runs under ``runs_dir`` that are its cells, the
-    cells composed with ``overrides`` as its sweeps ran them (see :func:`loralab.tables.grid.table_cells`)."""
-    reference = load_reference(root / spec["reference"]) if spec.get("reference") else None
+    cells composed with ``overrides`` as its sweeps ran them (see :func:`loralab.tables.grid.table_cells`), beside
+    the published numbers of ``spec['reference']`` in ``reference_dir``."""
+    reference = load_reference(reference_file(spec["reference"], reference_dir)) if spec.get("reference") else None
     skipped: list[str] = []
     runs = runs_of_table(spec["name"], collect_runs(runs_dir, skipped), overrides, root / "conf")
     table = tabulate(spec, runs, reference)

@@ -54,6 +54,11 @@ def compose(overrides: Sequence[str], conf_dir: Path = CONF_DIR, hydra_config: b
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
 
 
+def configured_paths(overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> DictConfig:
+    """The ``paths`` config as ``python run.py <overrides>`` composes it; only the ``paths`` overrides count."""
+    return compose([o for o in overrides if _key(o).split(".")[0] == "paths"], conf_dir).paths
+
+
 def expand_sweep(experiment: str, extra: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> list[list[str]]:
     """The override list of every job of ``python run.py -m experiment=<experiment> <extra>``, in launch order."""
     return _split(experiment, _sweep_params(experiment, extra, conf_dir), extra)

@@ -1,4 +1,5 @@
-"""Published reference numbers of the paper tables, one YAML file per table under ``results/paper/``.
+"""Published reference numbers of the paper tables, one YAML file per table under ``results/paper/``
+(``paths.reference_dir``); an experiment's ``table.reference`` names its file by stem (``sds_table2``).
 
 A reference file describes a table as a full grid: ``row_keys`` names the run-config fields that identify a
 row (``model``, ``method``, ``rank``, ...), ``columns`` the table's columns, and ``cells`` holds one entry per
@@ -22,7 +23,8 @@ import yaml
 
 from loralab.errors import ConfigError
 
-#: ``results/paper`` of the repository this package is installed from (editable install, src layout).
+#: ``results/paper`` of the repository this package is installed from (editable install, src layout); the
+#: default of library callers. ``scripts/build_table.py`` reads ``paths.reference_dir`` instead.
 REFERENCE_DIR: Path = Path(__file__).resolve().parents[3] / "results" / "paper"
 
 KNOWN = "known"
@@ -280,6 +282,14 @@ def load_reference(path: str | Path) -> ReferenceTable:
         column_units=_per_column(path, data, "column_units", columns, number=False),
         column_tolerances=_per_column(path, data, "column_tolerances", columns, number=True),
     )
+
+
+def reference_file(name: str, directory: str | Path = REFERENCE_DIR) -> Path:
+    """The file of reference table ``name`` (an experiment's ``table.reference``) in ``directory``."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.endswith((".yaml", ".yml")):
+        raise ConfigError(f"table.reference={name!r} is invalid: name a reference table by its file stem in "
+                          f"paths.reference_dir (e.g. table.reference=sds_table2 for {Path(directory) / 'sds_table2.yaml'})")
+    return Path(directory) / f"{name}.yaml"
 
 
 def load_all_references(directory: str | Path | None = None) -> dict[str, ReferenceTable]:
