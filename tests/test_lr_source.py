@@ -19,7 +19,7 @@ def _cell(lr: Any = 2e-4, source: Any = "default", paper: bool = True, **extra: 
     """A resolved config of the shape the check reads."""
     cfg: dict[str, Any] = {"method": {"name": "lora"}, "dataset": {"name": "metamathqa"}, "model": {"name": "m"},
                            "rank": 8, "trainer": {"learning_rate": lr},
-                           "table": {"name": "t", "reference": "results/paper/t.yaml" if paper else None}, **extra}
+                           "table": {"name": "t", "reference": "t" if paper else None}, **extra}
     if source == "default":
         source = {"label": "INFERRED", "lr": 2e-4, "note": "why"}
     if source is not None:
