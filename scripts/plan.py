@@ -9,7 +9,7 @@
     python scripts/plan.py --experiment sds_table7 --tables         # the tables those sweeps write
 
 The estimate (memory model, FLOP model, the assumed throughput and its calibration against SDS-LoRA Table 6)
-is documented in loralab.tables.plan.
+is documented in loralab.planning.plan.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from loralab.errors import LoralabError
 from loralab.io import atomic_write_text
 from loralab.lr_source import refusal, sweep_problems
 from loralab.tables.grid import CONF_DIR, sweep_configs, sweeps_of, tables_of
-from loralab.tables.plan import calibrate, plan, render_calibration, render_plan
+from loralab.planning.plan import calibrate, plan, render_calibration, render_plan
 
 
 def main(argv: list[str] | None = None) -> int:

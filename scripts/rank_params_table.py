@@ -4,7 +4,7 @@
     python scripts/rank_params_table.py --out-dir /tmp
 
 Every count is r·(d_in + d_out) per adapted matrix (loralab.tables.rank_params) with the dimensions of the
-model named by conf/experiment/rank_params.yaml (LLaMA-2-7B: loralab.tables.architectures.ARCHITECTURES, the
+model named by conf/experiment/rank_params.yaml (LLaMA-2-7B: loralab.planning.architectures.ARCHITECTURES, the
 numbers of its config.json). Each cell the article prints (results/paper/rank_params.yaml) must match to the digit; the
 script exits 1 otherwise, and also if the reference's stated dimensions differ from the model's.
 """
@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from loralab.io import atomic_write_text
-from loralab.tables.architectures import ARCHITECTURES
+from loralab.planning.architectures import ARCHITECTURES
 from loralab.tables.grid import configured_paths
 from loralab.tables.rank_params import article_table, render_rank_table
 from loralab.tables.reference import REFERENCE_DIR, load_reference, reference_file

@@ -18,8 +18,8 @@ from conftest import ROOT, compose
 from loralab.instantiate import build
 from loralab.methods.base import count_trainable, matching_linears
 from loralab.models.hub_configs import HUB_CONFIGS, HUB_IDS, build_on_meta
-from loralab.tables.architectures import ARCHITECTURES
-from loralab.tables.plan import trainable_params
+from loralab.planning.architectures import ARCHITECTURES
+from loralab.planning.plan import trainable_params
 
 MODEL_DIR = ROOT / "conf" / "model"
 PAPER_MODELS = sorted(p.stem for p in MODEL_DIR.glob("*.yaml") if OmegaConf.load(p).get("hub_id"))

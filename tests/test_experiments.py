@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from conftest import ROOT, compose
 from loralab.lr_source import lr_problem
 from loralab.tables.build import Column, RunResult, build_from_spec, build_table
-from loralab.tables.architectures import ARCHITECTURES
+from loralab.planning.architectures import ARCHITECTURES
 from loralab.tables.grid import expand_sweep, sweeps_of, table_sweeps, tables_of
-from loralab.tables.plan import (CALIBRATION_HOURS, CALIBRATION_OVERRIDES, GIB, calibrate, estimate_cell, plan,
+from loralab.planning.plan import (CALIBRATION_HOURS, CALIBRATION_OVERRIDES, GIB, calibrate, estimate_cell, plan,
                                  render_plan, trainable_params)
 from loralab.tables.reference import load_reference, reference_file
 

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from loralab.tables.architectures import ANSWER_TOKENS_PER_BATCH, ARCHITECTURES
+from loralab.planning.architectures import ANSWER_TOKENS_PER_BATCH, ARCHITECTURES
 from loralab.tables.grid import compose
-from loralab.tables.plan import (DECODE_BANDWIDTH_EFFICIENCY, HBM_BANDWIDTH, calibrate, decode_steps_per_batch,
+from loralab.planning.plan import (DECODE_BANDWIDTH_EFFICIENCY, HBM_BANDWIDTH, calibrate, decode_steps_per_batch,
                                  estimate_cell)
 
 

@@ -3,7 +3,7 @@ heads, vocabulary, positions), typed here so the real architecture can be built 
 
 ``build_on_meta`` instantiates the model with transformers' own classes on the ``meta`` device (shapes, no
 weights, no memory): tests check against it that every method's ``target_modules`` name real layers of the
-installed transformers, that the planner's parameter counts (:mod:`loralab.tables.architectures`, derived
+installed transformers, that the planner's parameter counts (:mod:`loralab.planning.architectures`, derived
 from the same facts) equal the real model's, and that LoRA's trainable count at the paper's rank is the
 paper's. A transformers release that renames layers fails those tests instead of a paper table.
 

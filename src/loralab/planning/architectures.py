@@ -1,5 +1,5 @@
 """Shapes of the paper tables' hub models (the numbers of their ``config.json``; no weights needed) and the
-published sizes of their data sets: the inputs of the planner (:mod:`loralab.tables.plan`) and of the rank
+published sizes of their data sets: the inputs of the planner (:mod:`loralab.planning.plan`) and of the rank
 article's parameter table."""
 from __future__ import annotations
 

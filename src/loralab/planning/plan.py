@@ -9,7 +9,7 @@ key exactly as ``python run.py -m`` would, and every job is then composed with t
 estimate sees the cell's actual model, method, rank, data set, trainer and evaluation settings.
 
 **Parameters** come from the architecture of each hub model (the numbers of its ``config.json``, kept in
-:data:`loralab.tables.architectures.ARCHITECTURES`; e.g. LLaMA3-8B has 8,030,261,248 parameters), trainable
+:data:`loralab.planning.architectures.ARCHITECTURES`; e.g. LLaMA3-8B has 8,030,261,248 parameters), trainable
 parameters from the method's target modules and rank (``r·(d_in + d_out)`` per adapted matrix).
 
 **Memory** (one GPU, nothing sharded)::
@@ -62,7 +62,7 @@ from omegaconf import DictConfig
 from loralab.errors import ConfigError
 from loralab.lr_source import labelled_lr
 
-from loralab.tables.architectures import (ANSWER_TOKENS_PER_BATCH, ARCHITECTURES, DTYPE_BYTES, EVAL_EXAMPLES,
+from loralab.planning.architectures import (ANSWER_TOKENS_PER_BATCH, ARCHITECTURES, DTYPE_BYTES, EVAL_EXAMPLES,
                                           GENERATIVE_TASK_TYPES, NUM_LABELS, TOKENS_PER_EXAMPLE, TRAIN_EXAMPLES,
                                           Architecture)
 from loralab.tables.grid import CONF_DIR, compose, expand_sweep, sweeps_of
