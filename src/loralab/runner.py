@@ -37,7 +37,7 @@ from loralab.rundir import LOG_FILE, RunDir, appending_log, config_hash
 from loralab.tracking import track_run
 from loralab.training.checkpoints import resumable_checkpoint
 from loralab.training.callbacks import StepLogCallback
-from loralab.training.diagnostics import diagnostics_callback, summarise
+from loralab.training.diagnostics_callback import diagnostics_callback, summarise
 from loralab.training.heldout import heldout_loss, proxy_split
 from loralab.training.parallelism import check_launch
 from loralab.training.termination import Terminated, TerminationFlag, graceful_termination
