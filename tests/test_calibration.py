@@ -70,7 +70,7 @@ def test_corda_without_a_sample_count_cannot_run() -> None:
 def test_runner_gives_lora_ga_its_64_batches_of_2_first_training_examples(monkeypatch: pytest.MonkeyPatch,
                                                                          results_dir: Path) -> None:
     import loralab.methods.lora_ga as lora_ga
-    from loralab.data.build import training_examples
+    from loralab.data.training_data import training_examples
     from loralab.models.loading import load_model
 
     seen: list[dict[str, torch.Tensor]] = []

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose
-from loralab.data.build import training_examples
+from loralab.data.training_data import training_examples
 from loralab.data.code import code_feedback_records
 from loralab.data.commonsense import commonsense_records
 from loralab.data.glue import glue_records

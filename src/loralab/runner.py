@@ -23,7 +23,7 @@ from transformers import set_seed
 
 from loralab import distributed
 from loralab.checksums import write_manifest
-from loralab.data.build import training_examples
+from loralab.data.training_data import training_examples
 from loralab.errors import ConfigError
 from loralab.evaluation.checks import check_suite, check_suite_fits_model
 from loralab.evaluation.evaluator import evaluate_suite, load_suite_records

@@ -251,7 +251,7 @@ def _classify_task(model: nn.Module, tokenizer: Any, task: DictConfig, suite: Di
 @torch.no_grad()
 def _sequence_classify_task(model: nn.Module, tokenizer: Any, task: DictConfig, suite: DictConfig, records: Records,
                             out_dir: Path, progress: bool) -> TaskOutput:
-    from loralab.data.build import SequenceClassificationCollator, encode_sentences
+    from loralab.data.training_data import SequenceClassificationCollator, encode_sentences
 
     model.eval()
     device = next(model.parameters()).device
