@@ -24,8 +24,8 @@ from omegaconf import OmegaConf
 from loralab.errors import LoralabError
 from loralab.io import atomic_write_text
 from loralab.reports.html import render_html
-from loralab.tables.build import render_markdown, table_from_spec
 from loralab.tables.grid import configured_paths
+from loralab.tables.tabulate import render_markdown, table_from_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

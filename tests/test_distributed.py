@@ -22,7 +22,7 @@ from loralab.instantiate import build
 from loralab.io import read_json
 from loralab.rundir import RunDir, config_hash
 from loralab.runner import run
-from loralab.tables.build import build_table, collect_runs
+from loralab.tables.tabulate import build_table, collect_runs
 from loralab.training.parallelism import check_launch, sharding
 
 # `python run.py` today: pinned so that no change to the run identity silently moves existing results.

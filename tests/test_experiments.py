@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose
 from loralab.lr_source import lr_problem
-from loralab.tables.build import Column, RunResult, build_from_spec, build_table
+from loralab.tables.tabulate import Column, RunResult, build_from_spec, build_table
 from loralab.planning.architectures import ARCHITECTURES
 from loralab.tables.grid import expand_sweep, sweeps_of, table_sweeps, tables_of
 from loralab.planning.plan import (CALIBRATION_HOURS, CALIBRATION_OVERRIDES, GIB, calibrate, estimate_cell, plan,

@@ -106,7 +106,7 @@ def test_multirun_refuses_before_any_cell_runs(tmp_path: Path) -> None:
 
 
 def test_tables_show_each_rows_rate_and_label() -> None:
-    from loralab.tables.build import RunResult, build_table
+    from loralab.tables.tabulate import RunResult, build_table
 
     spec = {"name": "t", "row_keys": ["model", "method", "rank"],
             "columns": [{"header": "GSM8K", "task": "gsm8k", "metric": "exact_match", "scale": 100}]}

@@ -15,7 +15,7 @@ from conftest import ROOT, compose
 from loralab.io import read_json
 from loralab.rundir import DamagedRunError, RunDir
 from loralab.runner import run
-from loralab.tables.build import build_from_spec, collect_runs
+from loralab.tables.tabulate import build_from_spec, collect_runs
 
 SHORT = ["trainer.max_steps=2", "trainer.save_steps=2", "trainer.logging_steps=1",
          "trainer.per_device_train_batch_size=2", "method.target_modules=[q_proj,v_proj]", "eval.tasks.0.data.n=4"]

@@ -24,7 +24,7 @@ from loralab.io import atomic_write_json
 from loralab.reports.curves import curves_figure, panels, read_steps, write_curves
 from loralab.reports.html import pareto_front, step_time
 from loralab.rundir import config_hash
-from loralab.tables.build import RunResult
+from loralab.tables.tabulate import RunResult
 
 METHODS = {"lora": (0.62, 81_920, 0.11), "pissa": (0.66, 81_920, 0.12), "sds_lora": (0.71, 81_920, 0.13),
            "full_ft": (0.74, 868_224, 0.30)}  # score, trainable parameters, seconds per step

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from conftest import ROOT, compose
 from loralab.io import atomic_write_json, atomic_write_text
 from loralab.rundir import RunDir, config_hash
-from loralab.tables.build import build_from_spec
+from loralab.tables.tabulate import build_from_spec
 from loralab.tables.grid import table_cells
 
 # One cell of LoRAM Table 1 that Table 4 (same recipe) sweeps too.

@@ -5,7 +5,7 @@ import pytest
 
 from loralab.errors import ConfigError
 from loralab.io import atomic_write_json
-from loralab.tables.build import RunResult, build_table, collect_runs
+from loralab.tables.tabulate import RunResult, build_table, collect_runs
 from loralab.tables.reference import REFERENCE_DIR, load_reference
 
 SPEC = {

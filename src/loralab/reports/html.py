@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from loralab.reports.curves import CURVES_FILE, STEPS_FILE, png_bytes, read_steps
-from loralab.tables.build import LR_HEADER, Row, RunResult, Table
+from loralab.tables.tabulate import LR_HEADER, Row, RunResult, Table
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }

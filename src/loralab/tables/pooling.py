@@ -14,7 +14,7 @@ from loralab.errors import ConfigError
 from loralab.rundir import NON_SEMANTIC_KEYS
 
 if TYPE_CHECKING:
-    from loralab.tables.build import Column, RunResult
+    from loralab.tables.tabulate import Column, RunResult
 
 # How a global batch is split into per-device batches and accumulation steps (a launch on more processes takes a
 # smaller per-device batch): not a recipe difference, since check_one_batch holds the global batch of a row equal.
