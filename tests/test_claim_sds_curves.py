@@ -21,7 +21,7 @@ from loralab.diagnostics.claims import (
     comparison_start,
 )
 from loralab.diagnostics.claims_embedded import paired_test
-from loralab.diagnostics.embedded_curves import QUICK_SIZE, final_loss, sds_curves, smooth
+from loralab.figures.embedded_curves import QUICK_SIZE, final_loss, sds_curves, smooth
 
 STEPS = 40
 

@@ -5,9 +5,9 @@
 * ``rank_tools`` — cumulative spectral energy C(r), greedy rank allocation, gradient-subspace overlap κ_t;
 * ``callback.DiagnosticsCallback`` — the metrics during HF ``Trainer`` training (imported lazily, so that
   importing this package does not pull in transformers);
-* ``loram_mlp``, ``sds_toy``, ``survey_toy`` — CPU reproductions; ``embedded_curves`` — LoRA vs SDS-LoRA
-  training runs of the embedded task (SDS-LoRA Figs. 3, 5); ``claims`` (and ``claims_embedded`` for the
-  embedded runs) — their pass/fail criteria;
+* ``loram_mlp``, ``sds_toy``, ``survey_toy`` — CPU reproductions; ``claims`` (and ``claims_embedded`` for the
+  LoRA vs SDS-LoRA runs of the embedded task, which :mod:`loralab.figures.embedded_curves` trains) — their
+  pass/fail criteria;
   ``report`` — Markdown rendering used by ``scripts/make_figures.py``.
 """
 from __future__ import annotations
