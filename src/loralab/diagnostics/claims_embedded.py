@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from loralab.figures.embedded_curves import FINAL_FRAC, final_loss, smooth
+from loralab.diagnostics.loss_curves import FINAL_FRAC, final_loss, smooth
 from loralab.diagnostics.report import Claim
 
 __all__ = ["check_sds_alignment", "check_sds_loss", "check_lora_stable_rank", "check_sds_curves",

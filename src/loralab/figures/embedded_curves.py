@@ -35,8 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from loralab.diagnostics.loss_curves import FINAL_FRAC, final_loss, smooth
 from loralab.tuning.selection import extend_lr, select_lr
 
 __all__ = ["METHODS", "EXPERIMENT", "SEEDS", "CURVE_KEYS", "FINAL_FRAC", "FULL_SIZE", "QUICK_SIZE",
@@ -45,7 +44,6 @@ __all__ = ["METHODS", "EXPERIMENT", "SEEDS", "CURVE_KEYS", "FINAL_FRAC", "FULL_S
 METHODS = ("lora", "sds_lora")
 EXPERIMENT = "sds_curves"
 SEEDS = (0, 1, 2, 3, 4)
-FINAL_FRAC = 0.1  # "final loss" = mean over the last 10 % of steps (single-step losses are mini-batch noise)
 # FULL_SIZE: the experiment's own recipe (300 steps, batch 32), five seeds, diagnostics every 5 steps on seed 0;
 # rates tuned (or read from the cached TUNED entries). QUICK_SIZE: a smoke size for tests and
 # ``make_figures.py --quick``: 40 steps at batch 4, three seeds, the rates the config composes (no tuning).
@@ -56,28 +54,6 @@ QUICK_SIZE: dict[str, Any] = {"seeds": (0, 1, 2), "interval": 2, "tune": False,
 CURVE_KEYS = ("align", "srank_A", "srank_B", "srank_dW", "norm_dW")
 # More than the embedded model's 28 adapted matrices (4 blocks × 7 projections): every layer is measured.
 ALL_LAYERS = 10_000
-
-
-def smooth(values: Sequence[float], window: int) -> np.ndarray:
-    """Centred moving average over ``window`` points, NaN-aware, shrinking at the ends (no padding bias)."""
-    x = np.asarray(values, dtype=float)
-    if window <= 1 or x.size == 0:
-        return x.copy()
-    good = ~np.isnan(x)
-    kernel = np.ones(int(window))
-    total = np.convolve(np.where(good, x, 0.0), kernel, mode="same")
-    count = np.convolve(good.astype(float), kernel, mode="same")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def final_loss(loss: Sequence[float], frac: float = FINAL_FRAC) -> float:
-    """Mean of the last ``frac`` of the per-step losses (at least one); NaN/inf (a diverged run) → inf."""
-    x = np.asarray(loss, dtype=float)
-    if x.size == 0:
-        return math.inf
-    value = float(x[-max(1, int(x.size * frac)):].mean())
-    return value if math.isfinite(value) else math.inf
 
 
 def _read_steps(path: Path) -> tuple[dict[int, float], dict[int, dict[str, float]]]:
