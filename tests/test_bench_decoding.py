@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from loralab.benchmarking.decoding import Replay, StepMeter, needed_length, trimmed
-from loralab.data.arithmetic import ALPHABET
+from loralab.synthetic.arithmetic import ALPHABET
 from loralab.evaluation.generation import encode_prompt, generate_greedy
 from loralab.models.embedded_lm import char_tokenizer
 from loralab.models.tiny import tiny_llama

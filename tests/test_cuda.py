@@ -70,7 +70,7 @@ def test_batched_refresh_matches_the_per_matrix_householder_qr(device: torch.dev
 
 
 def test_per_row_stopping_on_the_device_gives_the_reference_text(device: torch.device) -> None:
-    from loralab.data.arithmetic import ALPHABET
+    from loralab.synthetic.arithmetic import ALPHABET
     from loralab.evaluation.generation import generate_greedy
     from loralab.models.embedded_lm import char_tokenizer
     from loralab.models.tiny import tiny_llama

@@ -142,7 +142,7 @@ def test_harness_loglikelihoods_are_the_models_own(tmp_path: Path) -> None:
 
 def test_beam_search_does_not_depend_on_the_batch() -> None:
     """LLM-Adapters' protocol decodes with 4 beams; left padding must keep beams per prompt independent."""
-    from loralab.data.arithmetic import ALPHABET
+    from loralab.synthetic.arithmetic import ALPHABET
     from loralab.evaluation.generation import generate_greedy
     from loralab.models.embedded_lm import char_tokenizer
     from loralab.models.tiny import tiny_llama

@@ -1,7 +1,7 @@
 """Batched greedy generation must not depend on the batch: left padding and the attention mask are real."""
 import torch
 
-from loralab.data.arithmetic import ALPHABET
+from loralab.synthetic.arithmetic import ALPHABET
 from loralab.evaluation.generation import generate_greedy, left_padded_batch
 from loralab.models.embedded_lm import char_tokenizer
 from loralab.models.tiny import tiny_llama

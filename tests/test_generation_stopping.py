@@ -12,7 +12,7 @@ from omegaconf import open_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteriaList, StopStringCriteria
 
 from conftest import compose
-from loralab.data.arithmetic import ALPHABET
+from loralab.synthetic.arithmetic import ALPHABET
 from loralab.evaluation.evaluator import build_prompt, evaluate_suite, load_suite_records
 from loralab.evaluation.extraction import truncate_at_stop
 from loralab.evaluation.generation import (

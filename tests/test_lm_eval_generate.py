@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from conftest import compose
-from loralab.data.arithmetic import ALPHABET
+from loralab.synthetic.arithmetic import ALPHABET
 from loralab.errors import ConfigError
 from loralab.evaluation.checks import check_suite
 from loralab.evaluation.evaluator import evaluate_suite

@@ -16,7 +16,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from loralab.data import arithmetic
+from loralab.synthetic import arithmetic
 from loralab.models.cache import build_once
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from loralab.data.digits import collate_images, digit_records
+from loralab.synthetic.digits import collate_images, digit_records
 from loralab.models.cache import build_once
 from loralab.models.tiny import tiny_vit
 RECIPE_VERSION = 1
