@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 
-.PHONY: install run test reproduce-embedded figures clean-runs lock
+.PHONY: install run test lint reproduce-embedded figures clean-runs lock
 
 # torch is installed first, alone and pinned, so pip takes the CPU wheel where one is provided locally and
 # never resolves an unpinned torch (a multi-GB CUDA build) through another package. The rest is installed
@@ -33,6 +33,10 @@ run: install
 # both cores busy where one alone leaves gaps (process start-up, data loading, sandboxed subprocesses).
 test: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -n auto
+
+# ruff with the rules in pyproject.toml ([tool.ruff]); CI runs it beside the tests.
+lint: install
+	$(VENV)/bin/ruff check src tests scripts run.py
 
 reproduce-embedded: install
 	$(PY) run.py -m experiment=embedded progress=false
