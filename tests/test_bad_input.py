@@ -120,7 +120,8 @@ def test_missing_eval_data_fails_before_training(tmp_path: Path, results_dir: Pa
 # Data files that exist but cannot be read: the error names the file, the line and the problem, and does not
 # tell the user to set the path they already set. Each case: file name, content, phrases of the message.
 DATA_FILES = [
-    ("bad.jsonl", '{"query": "1+1?", "response": "2"}\n{"query": "2+2?", "response": \n', ["bad.jsonl, line 2", "not valid JSON"]),
+    ("bad.jsonl", '{"query": "1+1?", "response": "2"}\n{"query": "2+2?", "response": \n',
+     ["bad.jsonl, line 2", "not valid JSON"]),
     ("empty.jsonl", "", ["empty.jsonl", "empty"]),
     ("scalars.jsonl", "1\n2\n", ["scalars.jsonl, line 1", "not an object"]),
     ("array.json", '[{"query": "1+1?", "response": "2"},\n {"query": ]', ["array.json, line 2", "not valid JSON"]),

@@ -281,7 +281,8 @@ def test_llama3_8b_shape_option_on_tiny_shapes(tmp_path: Path) -> None:
     assert paper["metamathqa"]["time"] == pytest.approx(1.68 / 1.61) and paper["code_feedback"]["time"] == \
         pytest.approx(1.81 / 1.72)
     assert paper["metamathqa"]["memory"] == pytest.approx(129.16 / 128.54)
-    shape = ["--hidden", "64", "--intermediate", "160", "--heads", "4", "--kv-heads", "2", "--vocab", "96", "--seq", "16"]
+    shape = ["--hidden", "64", "--intermediate", "160", "--heads", "4", "--kv-heads", "2", "--vocab", "96",
+             "--seq", "16"]
     rc = bench_overhead.main(["--shape", "llama3_8b", "--device", "cpu", *shape, "--rank", "4", "--steps", "2",
                               "--refresh-kernel-rounds", "1", "--out-dir", str(tmp_path)])
     assert rc == 0

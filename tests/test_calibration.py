@@ -43,7 +43,8 @@ def test_provider_refuses_a_request_larger_than_the_training_set() -> None:
         calibration_batches(request, _rows(10), _collate, "lora_ga")
     message = str(err.value)
     assert "\n" not in message
-    assert all(p in message for p in ("method=lora_ga", "128 calibration samples", "grad_batches=64", "has 10 examples"))
+    assert all(p in message
+               for p in ("method=lora_ga", "128 calibration samples", "grad_batches=64", "has 10 examples"))
 
 
 @pytest.mark.parametrize(

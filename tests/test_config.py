@@ -39,7 +39,8 @@ def test_method_dataset_pair_overrides_hyperparameters() -> None:
     assert compose("method=lora").trainer.learning_rate == pytest.approx(3e-3)
 
 
-@pytest.mark.parametrize(("group", "some_valid"), [("method", {"lora", "sds_lora"}), ("model", {"tiny_lm", "llama3_8b"}),
+@pytest.mark.parametrize(("group", "some_valid"), [("method", {"lora", "sds_lora"}),
+                                                   ("model", {"tiny_lm", "llama3_8b"}),
                                                    ("dataset", {"arith_shift", "metamathqa"}),
                                                    ("eval", {"arith_shift", "commonsense170k"})])
 def test_unknown_option_lists_the_valid_ones(group: str, some_valid: set[str]) -> None:

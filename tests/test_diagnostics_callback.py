@@ -81,7 +81,8 @@ def test_callback_in_trainer(tmp_path) -> None:  # noqa: ANN001
     # Hooks are gone after training: a forward/backward leaves no captured gradient behind.
     assert diag._handles == []
     batch = _dataset(2)
-    out = model(input_ids=torch.stack([b["input_ids"] for b in batch]), labels=torch.stack([b["labels"] for b in batch]))
+    out = model(input_ids=torch.stack([b["input_ids"] for b in batch]),
+                labels=torch.stack([b["labels"] for b in batch]))
     out.loss.backward()
     assert diag._grads == {} and diag.full_gradients == {}
 

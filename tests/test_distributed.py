@@ -99,7 +99,7 @@ def _assert_equal_to_one_process(two_run: Path, one_dir: Path, *overrides: str) 
     assert [s for s, _, _ in two_losses] == [s for s, _, _ in one_losses] == list(range(1, 13))
     assert [e for _, e, _ in two_losses] == [e for _, e, _ in one_losses]      # same examples per step
     # gradients are summed in another order across ranks: equal to float rounding, not bit for bit
-    assert [l for _, _, l in two_losses] == pytest.approx([l for _, _, l in one_losses], rel=1e-4), method
+    assert [loss for _, _, loss in two_losses] == pytest.approx([loss for _, _, loss in one_losses], rel=1e-4), method
     two_updates, one_updates = _updates(two_run), _updates(one_run)
     assert two_updates.keys() == one_updates.keys()
     # SDS-LoRA's bases are defined up to a rotation within (near-)equal singular values, which Adam's

@@ -317,7 +317,8 @@ def test_exported_task_gives_loralabs_verdicts_through_the_harness(case: str, tm
     assert any(expected) and not all(expected)
     reading = AnswerFilter.from_task(task)
     contexts = [f"prompt {i}" for i in range(len(rows))]
-    write_generate_task(tmp_path / name, f"loralab_{case}", contexts, [reading.target(gold_answer(task, r)) for r in rows],
+    targets = [reading.target(gold_answer(task, r)) for r in rows]
+    write_generate_task(tmp_path / name, f"loralab_{case}", contexts, targets,
                         {"until": [], "max_gen_toks": 8, "do_sample": False}, reading)
     output = simple_evaluate(model=_ReplayLM(dict(zip(contexts, generations))), tasks=[f"loralab_{case}"],
                              task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),

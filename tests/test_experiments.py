@@ -192,7 +192,7 @@ def _fixture_overrides(dataset: str) -> list[str]:
 
 
 def _cells(table: str, row: str) -> list[str]:
-    line = next((l for l in table.splitlines() if l.startswith(row)), None)
+    line = next((ln for ln in table.splitlines() if ln.startswith(row)), None)
     assert line is not None, f"no row {row!r} in\n{table}"
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
@@ -213,7 +213,8 @@ def test_smoke_cell_runs_end_to_end_into_its_table(table: str, results_dir: Path
 
     spec = _spec(table)
     # the table's cells are composed with the overrides its runs were made with (shared by all its smoke cells)
-    made_with = [[*cell, *SMOKE, *_fixture_overrides(next(o.split("=", 1)[1] for o in cell if o.startswith("dataset=")))]
+    made_with = [[*cell, *SMOKE,
+                  *_fixture_overrides(next(o.split("=", 1)[1] for o in cell if o.startswith("dataset=")))]
                  for cell in SMOKE_CELLS[table]]
     text = build_from_spec(spec, results_dir / "runs", root=ROOT,
                            overrides=[o for o in made_with[0] if all(o in m for m in made_with)])
@@ -227,7 +228,7 @@ def test_smoke_cell_runs_end_to_end_into_its_table(table: str, results_dir: Path
         assert f"| {paper_value} |" in text
     if spec.get("reference"):                                  # the paper's rows are laid out, ours beside them
         reference = load_reference(reference_file(spec["reference"]))
-        assert len([l for l in text.splitlines() if l.startswith("| ") and "ours" not in l]) >= len(reference.rows())
+        assert len([r for r in text.splitlines() if r.startswith("| ") and "ours" not in r]) >= len(reference.rows())
 
 
 def test_sds_table7_intervals_table_builds_from_its_own_runs(tmp_path: Path) -> None:

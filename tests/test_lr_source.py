@@ -124,7 +124,7 @@ def test_tables_show_each_rows_rate_and_label() -> None:
     rows = {line.split("|")[2].strip(): line.strip().strip("|").split("|")[-1].strip()
             for line in table.splitlines() if line.startswith("| m |")}
     assert rows == {"lora": "0.0002 (INFERRED)", "sds_lora": "0.001 (TUNED)", "pissa": "0.003 (unlabelled)"}
-    assert "| lr (label) |" in table.splitlines()[[i for i, l in enumerate(table.splitlines()) if "ours" in l][0]]
+    assert "| lr (label) |" in table.splitlines()[[i for i, ln in enumerate(table.splitlines()) if "ours" in ln][0]]
 
 
 def test_sweep_check_reads_a_sweep_given_on_the_command_line_only() -> None:

@@ -403,7 +403,8 @@ def test_loraga_reference_differs_from_peft_as_documented():
 
     batches = lm_batches()
     ours_model, peft_model = tiny_llama(seed=1), tiny_llama(seed=1)
-    ours = LoRAGA(rank=2, alpha=4.0, grad_batches=len(batches)).prepare(ours_model, ["v_proj"], calibration=lambda: iter(batches))
+    ours = LoRAGA(rank=2, alpha=4.0, grad_batches=len(batches)).prepare(ours_model, ["v_proj"],
+                                                                        calibration=lambda: iter(batches))
     config = LoraConfig(r=2, lora_alpha=4.0, target_modules=["v_proj"], init_lora_weights="lora_ga",
                         lora_ga_config=LoraGAConfig(direction="ArB2r", scale="stable", stable_gamma=16))
 

@@ -31,11 +31,13 @@ def _flip_middle_byte(path: Path) -> None:
 
 # damage → (the file the error names, a phrase of the problem)
 DAMAGE: dict[str, tuple[Callable[[Path], object], str, str]] = {
-    "garbage status.json": (lambda d: (d / "status.json").write_bytes(b"\x00garbage{"), "status.json", "not valid JSON"),
+    "garbage status.json": (lambda d: (d / "status.json").write_bytes(b"\x00garbage{"), "status.json",
+                            "not valid JSON"),
     "status.json not an object": (lambda d: (d / "status.json").write_text("[]"), "status.json", "not an object"),
     "garbage metrics.json": (lambda d: (d / "metrics.json").write_text('{"run": {'), "metrics.json", "not valid JSON"),
     "metrics.json without scores": (lambda d: (d / "metrics.json").write_text("{}"), "metrics.json", "lacks"),
-    "garbage config.yaml": (lambda d: (d / "config.yaml").write_text("model: [unclosed\n"), "config.yaml", "unreadable"),
+    "garbage config.yaml": (lambda d: (d / "config.yaml").write_text("model: [unclosed\n"), "config.yaml",
+                            "unreadable"),
     "config.yaml not a config": (lambda d: (d / "config.yaml").write_text("hello\n"), "config.yaml", "not this run's"),
     "deleted adapter": (lambda d: shutil.rmtree(d / "adapter"), "adapter", "missing"),
     "bit-flipped adapter weights": (lambda d: _flip_middle_byte(d / "adapter" / "adapter_model.safetensors"),

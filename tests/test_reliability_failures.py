@@ -102,7 +102,8 @@ def _flip_last_byte(path: Path) -> None:
 
 
 CORRUPTIONS = {
-    "truncated adapter": (lambda c: _truncate(c / "adapter_model.safetensors"), ["adapter_model.safetensors", "truncated"]),
+    "truncated adapter": (lambda c: _truncate(c / "adapter_model.safetensors"),
+                          ["adapter_model.safetensors", "truncated"]),
     "truncated optimizer": (lambda c: _truncate(c / "optimizer.pt"), ["optimizer.pt", "truncated"]),
     "bit-flipped optimizer": (lambda c: _flip_middle_byte(c / "optimizer.pt"), ["optimizer.pt", "corrupt"]),
     "empty scheduler": (lambda c: (c / "scheduler.pt").write_bytes(b""), ["scheduler.pt", "empty"]),

@@ -22,7 +22,8 @@ from loralab.training import trainer as trainer_module
 SHORT = ["trainer.max_steps=3", "trainer.save_steps=2", "trainer.logging_steps=1",
          "trainer.per_device_train_batch_size=2", "method.target_modules=[q_proj,v_proj]", "eval.tasks.0.data.n=4"]
 
-HOLD = "import sys, time; from loralab.rundir import RunDir\nwith RunDir(__import__('pathlib').Path(sys.argv[1])).locked():\n" \
+HOLD = "import sys, time; from loralab.rundir import RunDir\n" \
+       "with RunDir(__import__('pathlib').Path(sys.argv[1])).locked():\n" \
        "    print('held', flush=True); time.sleep(600)\n"
 
 

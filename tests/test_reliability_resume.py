@@ -113,8 +113,10 @@ def test_kill_9_then_rerun_resumes_to_the_same_result(tmp_path: Path) -> None:
     work = {name: tmp_path / name for name in METHODS}
     names = list(METHODS)  # two reference processes: one would be the last to finish by far
     ref_logs = [tmp_path / "reference-1.log", tmp_path / "reference-2.log"]
-    ref_procs = [_start_reference(reference, names[:3], ref_logs[0]), _start_reference(reference, names[3:], ref_logs[1])]
-    killed = {name: _popen(args + COMMON, work[name], tmp_path / f"{name}-killed.log") for name, args in METHODS.items()}
+    ref_procs = [_start_reference(reference, names[:3], ref_logs[0]),
+                 _start_reference(reference, names[3:], ref_logs[1])]
+    killed = {name: _popen(args + COMMON, work[name], tmp_path / f"{name}-killed.log")
+              for name, args in METHODS.items()}
     _kill_after_checkpoint(killed, work)
 
     # the same commands again

@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import os
 import secrets
-import shutil
 import subprocess
 import tempfile
 import time

@@ -333,7 +333,8 @@ def _snapshot(model: PeftModel) -> dict[str, torch.Tensor]:
     out = {}
     for name, mod, ad in sds_layers(model):
         st = mod.lora_variant[ad].state(mod, ad)
-        out |= {f"{name}.A": mod.lora_A[ad].weight.detach().clone(), f"{name}.B": mod.lora_B[ad].weight.detach().clone()}
+        out |= {f"{name}.A": mod.lora_A[ad].weight.detach().clone(),
+                f"{name}.B": mod.lora_B[ad].weight.detach().clone()}
         out |= {f"{name}.{k}": v.clone() for k, v in st.state_dict().items()}
     return out
 

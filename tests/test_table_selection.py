@@ -50,8 +50,8 @@ def _finished_run(runs_dir: Path, overrides: list[str], gsm8k: float) -> None:
 def _gsm8k(table: str, runs_dir: Path) -> str:
     spec = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "experiment" / f"{table}.yaml").table)
     text = build_from_spec(spec, runs_dir, root=ROOT)  # type: ignore[arg-type]
-    header = next(l for l in text.splitlines() if l.startswith("| model |")).split("|")
-    row = next(l for l in text.splitlines() if l.startswith("| llama2_7b | pissa | 16 |")).split("|")
+    header = next(ln for ln in text.splitlines() if ln.startswith("| model |")).split("|")
+    row = next(ln for ln in text.splitlines() if ln.startswith("| llama2_7b | pissa | 16 |")).split("|")
     return row[header.index(" GSM8K ours ")].strip()
 
 

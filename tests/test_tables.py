@@ -22,7 +22,7 @@ def _run(method: str, score: float, seed: int = 0, protocol: str = "metamath-gsm
 
 
 def _row(table: str, method: str) -> list[str]:
-    line = next(l for l in table.splitlines() if l.startswith(f"| llama3_8b | {method} | 32 |"))
+    line = next(ln for ln in table.splitlines() if ln.startswith(f"| llama3_8b | {method} | 32 |"))
     return [c.strip() for c in line.strip("|").split("|")]
 
 
@@ -50,8 +50,9 @@ def test_mixed_protocols_in_one_column_are_refused() -> None:
 
 
 def test_runs_outside_the_filter_are_ignored_and_smoke_runs_are_marked() -> None:
-    runs = [_run("lora", 0.5, smoke=True), RunResult({"model": "llama3_8b", "method": "pissa", "rank": 32,
-                                                      "dataset": "other"}, "p", {"gsm8k": {"exact_match": 1}}, Path("."))]
+    other = RunResult({"model": "llama3_8b", "method": "pissa", "rank": 32, "dataset": "other"}, "p",
+                      {"gsm8k": {"exact_match": 1}}, Path("."))
+    runs = [_run("lora", 0.5, smoke=True), other]
     table = build_table(SPEC, runs)
     assert "(smoke)" in _row(table, "lora")[3]
     assert "pissa" not in table
@@ -108,7 +109,8 @@ def test_a_wildcard_row_pools_its_ranks_and_checks_the_seeds_of_each() -> None:
     reference_rows = [{"model": "llama3_8b", "method": "lora", "rank": "all"}]
     reference.rows = lambda: reference_rows  # type: ignore[method-assign]
     runs = [_configured("lora", 0.2, seed=s, rank=r) for s in (0, 1) for r in (8, 32)]
-    line = next(l for l in build_table(spec, runs, reference).splitlines() if l.startswith("| llama3_8b | lora | all"))
+    text = build_table(spec, runs, reference)
+    line = next(ln for ln in text.splitlines() if ln.startswith("| llama3_8b | lora | all"))
     assert "20.00 ± 0.00 (n=4)" in line                        # ranks differ by design, seeds alone within a rank
     runs[0]._config["trainer"] = {"max_steps": 5}
     with pytest.raises(ConfigError, match="trainer.max_steps"):

@@ -99,5 +99,6 @@ def manifest_problem(directory: str | Path) -> str | None:
         return f"{added[0]} is not listed in {MANIFEST} (added after the save)"
     for name in sorted(listed):
         if file_sha256(directory / name) != listed[name]:
-            return f"{name} does not match its SHA-256 checksum in {MANIFEST} (the file changed on disk since it was saved)"
+            return (f"{name} does not match its SHA-256 checksum in {MANIFEST} "
+                    f"(the file changed on disk since it was saved)")
     return None

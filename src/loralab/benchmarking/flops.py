@@ -171,7 +171,8 @@ def adapted_layers(shape: LlamaShape, targets: tuple[str, ...] | list[str]) -> l
             for layer in range(shape.layers) for name, m, n in shape.projections() if name in targets]
 
 
-def step_flops(shape: LlamaShape, method: str, rank: int, targets: tuple[str, ...] | list[str] | None = None) -> StepFlops:
+def step_flops(shape: LlamaShape, method: str, rank: int,
+               targets: tuple[str, ...] | list[str] | None = None) -> StepFlops:
     """FLOP-model lower bound of one training step (forward + backward + optimiser products) of ``method``."""
     kind = adapter_kind(method)
     targets = set(targets) if targets is not None else {name for name, _, _ in shape.projections()}

@@ -166,7 +166,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
 
     def progress(rnd: int, samples: dict[str, list[float]]) -> None:
         log(f"[bench] round {rnd + 1}/{cfg.steps}: " + ", ".join(
-            f"{n}={statistics.median(samples[n]) * 1e3:.1f}ms" for n in trainees))
+            f"{n}={statistics.median(samples[n]) * 1e3:.1f}ms" for n in trainees))  # noqa: F821 (deleted below)
 
     samples = interleave(timers, cfg.steps, device, progress)
     results = {name: _method_entry(name, tr, cfg, samples[name], device) for name, tr in trainees.items()}

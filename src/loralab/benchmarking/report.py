@@ -26,7 +26,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     info["python"] = platform.python_version()
-    info["packages"] = {k: v for k, v in package_versions().items() if k in ("torch", "transformers", "peft", "accelerate")}
+    info["packages"] = {k: v for k, v in package_versions().items()
+                        if k in ("torch", "transformers", "peft", "accelerate")}
     return info
 
 
@@ -107,8 +108,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Timing: {cfg['steps']} interleaved rounds (median, p25–p75), after each method's warm-up; wall "
         f"{report['wall_s']} s.",
         "",
-        "| method | step ms (p25–p75) | × LoRA, paired (p25–p75) | FLOP model × LoRA (lower bound) | issued matmul FLOPs × LoRA "
-        "| model GFLOP/s | accounted MiB | × LoRA | peak RSS MiB | × LoRA |"
+        "| method | step ms (p25–p75) | × LoRA, paired (p25–p75) | FLOP model × LoRA (lower bound) "
+        "| issued matmul FLOPs × LoRA | model GFLOP/s | accounted MiB | × LoRA | peak RSS MiB | × LoRA |"
         + (" CUDA peak MiB | × LoRA |" if peak else ""),
         "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if peak else ""),
     ]
@@ -144,8 +145,9 @@ def markdown(report: dict[str, Any]) -> str:
             pr, diff = t["paired_ratio"], t["paired_difference_s"]
             tax = (f"{(pr['median'] - 1) * 100:+.2f} % ({(pr['p25'] - 1) * 100:+.2f}…{(pr['p75'] - 1) * 100:+.2f})"
                    if pr.get("median") else "–")
-            lines.append(f"| {name} | {t['trainer_step_s']['median'] * 1e3:.1f} | {t['bare_step_s']['median'] * 1e3:.1f}"
-                         f" | {tax} | {diff['median'] * 1e3:+.1f} | {t['nonfinite_guard_s']['median'] * 1e3:.2f} |")
+            lines.append(f"| {name} | {t['trainer_step_s']['median'] * 1e3:.1f}"
+                         f" | {t['bare_step_s']['median'] * 1e3:.1f} | {tax} | {diff['median'] * 1e3:+.1f}"
+                         f" | {t['nonfinite_guard_s']['median'] * 1e3:.2f} |")
     kernels = sds.get("refresh_kernels")
     if kernels:
         acc = kernels["cholesky_qr2_accuracy"]
@@ -171,7 +173,8 @@ def markdown(report: dict[str, Any]) -> str:
               f"overhead lower bound {fm['sds_lora_overhead'] * 100:.2f} % (paper, H200 wall time: +4.35 % / +5.23 %).",
               "", "| target | value | limit | met |", "|---|---|---|---|"]
     for t in report["targets"]:
-        lines.append(f"| {t['name']} ({t['rule']}) | {t['value']:.4f} | {t['limit']:.4f} | {'yes' if t['met'] else 'no'} |")
+        lines.append(f"| {t['name']} ({t['rule']}) | {t['value']:.4f} | {t['limit']:.4f} "
+                     f"| {'yes' if t['met'] else 'no'} |")
     lines += ["", "Memory: *accounted* = parameters + buffers + persistent scratch + optimiser state + gradients + "
               "tensors saved for backward (distinct storages; no transient workspace); *peak RSS* = peak resident set "
               "during two training steps minus the RSS before the model was built, one fresh process per method (CPU "

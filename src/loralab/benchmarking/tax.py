@@ -52,7 +52,7 @@ def framework_tax(name: str, base: nn.Module, cfg: BenchConfig, batch: dict[str,
             now = time.perf_counter()
             if self.last is not None:
                 times["trainer"].append(now - self.last)
-            times["bare"].append(timed(bare.driven_step, device))
+            times["bare"].append(timed(bare.driven_step, device))  # noqa: F821 (deleted at the end, after its last use)
             self.last = time.perf_counter()
 
     trainer = build_trainer(model, trainer_method, args, examples, collate, workdir / f"tax-{name}" / "steps.jsonl",
@@ -75,8 +75,8 @@ def framework_tax(name: str, base: nn.Module, cfg: BenchConfig, batch: dict[str,
     guard_times = []
     for _ in range(max(cfg.tax_steps // 2, 2)):
         bare.loss().backward()
-        guard_times.append(timed(lambda: guard.on_pre_optimizer_step(args, hot, bare.driver.control,
-                                                                     model=bare.model), device))
+        guard_times.append(timed(lambda: guard.on_pre_optimizer_step(args, hot, bare.driver.control,  # noqa: F821
+                                                                     model=bare.model), device))  # noqa: F821
         bare.optimizer.zero_grad(set_to_none=True)
     result["nonfinite_guard_s"] = summarise(guard_times)
     del trainer, model, bare

@@ -63,7 +63,8 @@ def _json_array_problem(text: str) -> str | None:
         return f", line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})"
     for i, record in enumerate(records):
         if not isinstance(record, dict):
-            return f": item {i} of the array is a JSON {type(record).__name__}, not an object with the data set's fields"
+            return (f": item {i} of the array is a JSON {type(record).__name__}, "
+                    f"not an object with the data set's fields")
     return None
 
 

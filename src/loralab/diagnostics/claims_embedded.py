@@ -64,8 +64,9 @@ def _tuning_numbers(res: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if not tuned:
             continue
         budget = tuned["budget"]
-        losses = ", ".join(f"{x['lr']:g}: {x['heldout_loss'] if isinstance(x['heldout_loss'], str) else round(x['heldout_loss'], 4)}"
-                           for x in tuned["losses"])
+        losses = ", ".join(
+            f"{x['lr']:g}: {x['heldout_loss'] if isinstance(x['heldout_loss'], str) else round(x['heldout_loss'], 4)}"
+            for x in tuned["losses"])
         nums[f"tune-lr, {LABELS.get(m, m)}: held-out loss per lr ({budget['steps']} steps on "
              f"{budget['train_examples']} examples, {budget['heldout_examples']} held out)"] = losses
         nums[f"tune-lr, {LABELS.get(m, m)}: selected lr (TUNED {tuned['date']}, {tuned['commit'][:12]})"] = (
@@ -133,14 +134,15 @@ def check_sds_loss(res: dict[str, dict[str, Any]], alpha: float = 0.05, tol: flo
         gap = (curves["sds_lora"] - curves["lora"])[mask]
         for part, chunk in zip(thirds, np.array_split(gap, 3)):
             part.append(float(chunk.mean()) if chunk.size else math.nan)
-    diffs = [s - l for s, l in zip(window_means["sds_lora"], window_means["lora"])]
+    diffs = [a - b for a, b in zip(window_means["sds_lora"], window_means["lora"])]
     t, p = paired_test(diffs)
     n = len(seeds)
     f_l, f_s = (float(np.mean(finals[m])) if finals[m] else math.nan for m in ("lora", "sds_lora"))
     last = sds["steps"]
     nums: dict[str, Any] = {
         "seeds (paired)": seeds,
-        "compared window (steps)": f"{start}–{last} (LR warm-up {max(h.get('lr_warmup_steps', 0) for h in res.values())}"
+        "compared window (steps)": f"{start}–{last} "
+                                   f"(LR warm-up {max(h.get('lr_warmup_steps', 0) for h in res.values())}"
                                    f" steps, SDS-LoRA warm-up {sds['warmup_steps']} steps)",
         "window mean loss per seed, LoRA": window_means["lora"],
         "window mean loss per seed, SDS-LoRA": window_means["sds_lora"],

@@ -250,7 +250,7 @@ def gradient_rank_run(
             continue
         gl, dwl, _ = grads_g["lora"]
         gs, dws, sds_on = grads_g["sds"]
-        lo, sd = states["lora"], states["sds"]
+        lo = states["lora"]
         hist["step"].append(t)
         hist["loss_lora"].append(0.5 * float(((dwl - d_star) ** 2).sum()))
         hist["loss_sds"].append(0.5 * float(((dws - d_star) ** 2).sum()))

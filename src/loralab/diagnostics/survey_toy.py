@@ -164,7 +164,8 @@ def _sweep(
         out[f"{label}_iters"], out[f"{label}_lr"], out[f"{label}_scale"] = its, best_lrs, scs
         ok = [(kp, k) for kp, k in zip(kappas, its) if k]
         out[f"{label}_slope"] = (
-            float(np.polyfit(np.log([a for a, _ in ok]), np.log([b for _, b in ok]), 1)[0]) if len(ok) >= 2 else math.nan
+            float(np.polyfit(np.log([a for a, _ in ok]), np.log([b for _, b in ok]), 1)[0]) if len(ok) >= 2
+            else math.nan
         )
     return out
 

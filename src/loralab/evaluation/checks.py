@@ -12,8 +12,8 @@ from loralab.errors import ConfigError
 from loralab.evaluation.extraction import FALLBACKS, NORMALIZERS, OCCURRENCES
 from loralab.evaluation.metrics import CORPUS_METRICS, METRICS
 
-__all__ = ["ENGINES", "GENERATIVE_TYPES", "MATH_COMPARES", "check_suite", "check_suite_fits_model", "require_code_opt_in",
-           "suite_engine"]
+__all__ = ["ENGINES", "GENERATIVE_TYPES", "MATH_COMPARES", "check_suite", "check_suite_fits_model",
+           "require_code_opt_in", "suite_engine"]
 
 MATH_COMPARES = ("is_equiv", "math_verify")  # MATH comparators: they read the raw reference answer
 COMPARES = ("exact", *MATH_COMPARES)

@@ -48,7 +48,8 @@ def run_calibration(model: nn.Module, calibration: CalibrationBatches, max_sampl
                     mask = sample.get("attention_mask")
                     if mask is not None and mask.dim() == 2:  # drop padding so it does not enter the covariance
                         keep = mask[0].bool()
-                        sample = {k: (v[:, keep] if v.dim() >= 2 and v.shape[1] == keep.numel() else v) for k, v in sample.items()}
+                        sample = {k: (v[:, keep] if v.dim() >= 2 and v.shape[1] == keep.numel() else v)
+                                  for k, v in sample.items()}
                     model(**sample)
                     used += 1
                     if max_samples is not None and used >= max_samples:
@@ -74,7 +75,8 @@ def validate_corda_options(method: str, max_samples: int | None, option_prefix: 
     """ConfigError unless ``method`` is ipm/kpm and ``max_samples`` is None or a positive integer."""
     if method not in ("ipm", "kpm"):
         raise ConfigError(f"{option_prefix}.corda_method={method!r} is invalid: use 'ipm' (top-r) or 'kpm' (bottom-r)")
-    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1):
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
+                                    or max_samples < 1):
         raise ConfigError(
             f"{option_prefix}.calibration_samples={max_samples!r} is invalid: use null (all batches) or an integer >= 1"
         )

@@ -16,7 +16,6 @@ rank-2r conversion ``s(BA − B0A0)``, which applies to the *original* W like an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from peft import PeftModel, get_peft_model

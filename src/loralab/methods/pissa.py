@@ -25,9 +25,11 @@ class PiSSA(ResidualLoRA):
 
     def validate(self, model: nn.Module, target_modules: list[str]) -> None:
         super().validate(model, target_modules)
-        if self.niter is not None and (isinstance(self.niter, bool) or not isinstance(self.niter, int) or self.niter < 0):
+        if self.niter is not None and (isinstance(self.niter, bool) or not isinstance(self.niter, int)
+                                       or self.niter < 0):
             raise ConfigError(
-                f"method.niter={self.niter!r} is invalid: use null (exact SVD) or an integer >= 0 (PiSSA scripts use 16)"
+                f"method.niter={self.niter!r} is invalid: use null (exact SVD) or an integer >= 0 "
+                f"(PiSSA scripts use 16)"
             )
 
     def lora_config(self, target_modules: list[str], modules_to_save: list[str] | None) -> LoraConfig:

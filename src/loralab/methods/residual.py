@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 def lora_linear_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
     """(name, PEFT LoRA layer) for every adapted ``nn.Linear`` of ``model``, in module order."""
     for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and ADAPTER in module.lora_A and isinstance(module.get_base_layer(), nn.Linear):
+        if (isinstance(module, LoraLayer) and ADAPTER in module.lora_A
+                and isinstance(module.get_base_layer(), nn.Linear)):
             yield name, module
 
 

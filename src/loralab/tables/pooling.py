@@ -3,8 +3,9 @@
 A cell's value is a mean over runs (seeds, and the tasks of a task mean). Runs whose resolved configs differ in
 anything but ``seed`` (keys the run hash ignores aside) are different experiments, and so are runs trained with
 different global batches (several processes at the same per-device batch): pooling them is refused with one line
-naming what differs. One global batch split differently (two processes at batch 4, one at batch 8) is one recipe. A reference row that leaves a key open (null, or a wildcard such as LoRAM Table 4's rank
-``all``) pools its values by design; its runs are checked within each value.
+naming what differs. One global batch split differently (two processes at batch 4, one at batch 8) is one recipe.
+A reference row that leaves a key open (null, or a wildcard such as LoRAM Table 4's rank ``all``) pools its values
+by design; its runs are checked within each value.
 """
 from __future__ import annotations
 

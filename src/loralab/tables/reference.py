@@ -184,7 +184,8 @@ def _cell(path: Path, i: int, raw: Any, row_keys: list[str], columns: list[str])
         raise _fail(path, where, f"unknown keys {extra}; valid keys: {list(CELL_KEYS)}")
     for key in ("row", "column", "value"):
         if key not in raw:
-            raise _fail(path, where, f"missing key '{key}' (required: row, column, value; optional: source, status, std)")
+            raise _fail(path, where,
+                        f"missing key '{key}' (required: row, column, value; optional: source, status, std)")
     row = raw["row"]
     if not isinstance(row, dict):
         raise _fail(path, where, f"'row' must be a mapping of {row_keys}, got {row!r}")

@@ -35,8 +35,8 @@ Optional keys (all backwards compatible; a spec without them behaves as before):
 
 ``source`` is ``eval`` (default: ``metrics.json`` eval scores of ``task``/``tasks``), a top-level section of
 ``metrics.json`` (``cost``, ``train``, ``diagnostics``; ``field`` is a dotted path inside it, e.g.
-``align.mean`` for the mean gradient alignment of a run with ``diagnostics.enabled=true``) or ``steps`` (the last value of
-``field`` in ``steps.jsonl``, e.g. the Trainer's ``train_runtime``). ``relative_to`` turns a column into the
+``align.mean`` for the mean gradient alignment of a run with ``diagnostics.enabled=true``) or ``steps`` (the last
+value of ``field`` in ``steps.jsonl``, e.g. the Trainer's ``train_runtime``). ``relative_to`` turns a column into the
 percent change against the row with those row keys replaced (e.g. the LoRA row of the same model/data set).
 
 A reference row key that is null (Full FT has no rank) or equal to its ``wildcards`` value matches any run
@@ -162,7 +162,7 @@ class RunResult:
         return self.run.get(key)
 
     def column_value(self, column: Column) -> float | None:
-        """The (scaled) value of a single-task, example-weighted or non-eval column for this run, None if it has none."""
+        """The (scaled) value of a single-task, example-weighted or non-eval column for this run, None if none."""
         if column.source == "eval" and column.tasks is not None:  # average: examples
             scored = [self.scores.get(t, {}) for t, _ in column.task_metrics]
             if not all(m in sc and sc.get("n") for sc, (_, m) in zip(scored, column.task_metrics)):

@@ -12,7 +12,8 @@ from loralab.distributed import is_main_process
 from loralab.training.callbacks import StepLogCallback
 
 
-def diagnostics_callback(cfg: DictConfig, step_log: StepLogCallback, report_to: list[str]) -> DiagnosticsCallback | None:
+def diagnostics_callback(cfg: DictConfig, step_log: StepLogCallback,
+                         report_to: list[str]) -> DiagnosticsCallback | None:
     if not cfg.get("enabled"):
         return None
 

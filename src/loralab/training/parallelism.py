@@ -46,7 +46,8 @@ def check_launch(method: Method, trainer_cfg: Any, processes: int | None = None)
                if sharded == "FSDP" else
                "ZeRO hands the optimiser flat shards of the parameters (stage 3: of the model too), while the "
                "main process saves and evaluates the whole model")
-        extra = f"; {method.name} also needs it because {method.needs_whole_factors}" if method.needs_whole_factors else ""
+        extra = (f"; {method.name} also needs it because {method.needs_whole_factors}"
+                 if method.needs_whole_factors else "")
         raise ConfigError(f"{sharded} is not supported by loralab's runner ({why}{extra}); {DDP_HINT}")
     slurm_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS") or 1)
     if slurm_tasks > 1 and "WORLD_SIZE" not in os.environ:

@@ -131,7 +131,8 @@ def _with(job: Sequence[str], key: str, value: Any) -> list[str]:
     return [o for o in job if o.split("=", 1)[0] != key] + [f"{key}={value}"]
 
 
-def tune_cells(experiment: str, extra: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> tuple[TuneSpec, list[TuneCell]]:
+def tune_cells(experiment: str, extra: Sequence[str] = (),
+               conf_dir: Path = CONF_DIR) -> tuple[TuneSpec, list[TuneCell]]:
     """The proxy declaration and the rates to tune — (model, method, data set, rank) of every sweep feeding
     ``experiment``'s table."""
     extra = [o for o in extra if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
