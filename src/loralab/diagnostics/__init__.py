@@ -7,7 +7,7 @@
   importing this package does not pull in transformers);
 * ``loram_mlp``, ``sds_toy``, ``survey_toy`` — CPU reproductions; ``claims`` (and ``claims_embedded`` for the
   LoRA vs SDS-LoRA runs of the embedded task, which :mod:`loralab.figures.embedded_curves` trains) — their
-  pass/fail criteria;
+  pass/fail criteria; ``loss_curves`` — smoothing and final loss of a training curve;
   ``report`` — Markdown rendering used by ``scripts/make_figures.py``.
 """
 from __future__ import annotations
