@@ -132,7 +132,7 @@ hydra:
 
 table:
   name: toy_table
-  reference: results/paper/toy_table.yaml
+  reference: toy_table
   sweeps: [toy_table]
   row_keys: [model, method, rank]
   columns:
@@ -154,7 +154,7 @@ def _finished_run(runs_dir: Path, cfg, exact_match: float) -> None:
 def test_add_a_paper_table(tmp_path: Path) -> None:
     from loralab.lr_source import lr_problem
     from loralab.tables.grid import expand_sweep
-    from loralab.tables.reference import load_reference
+    from loralab.tables.reference import load_reference, reference_file
     from loralab.tables.tabulate import Column, build_from_spec
 
     root = _tree(tmp_path)
@@ -169,13 +169,14 @@ def test_add_a_paper_table(tmp_path: Path) -> None:
     assert [c.method.name for c in cells] == ["lora", "pissa"]
     assert all(lr_problem(c) is None for c in cells), [lr_problem(c) for c in cells]
     spec = OmegaConf.to_container(cells[0].table)
-    reference = load_reference(root / spec["reference"])
+    papers = root / "results" / "paper"
+    reference = load_reference(reference_file(spec["reference"], papers))
     assert spec["row_keys"] == reference.row_keys
     assert {Column(**c).header for c in spec["columns"]} == set(reference.columns)
 
     # a finished run of one cell is laid out beside the paper's number; the other cell stays empty
     runs = tmp_path / "runs"
     _finished_run(runs, cells[0], 0.6)
-    text = build_from_spec(spec, runs, root=root)
+    text = build_from_spec(spec, runs, root=root, reference_dir=papers)
     lora = next(line for line in text.splitlines() if line.startswith("| tiny_lm | lora | 8 |"))
     assert "60.00" in lora and "61.5" in lora, text

@@ -22,7 +22,8 @@ def _build_table(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_defaults_are_the_repository_layout() -> None:
     paths = configured_paths()
-    assert (paths.runs_dir, paths.tables_dir, paths.reference_dir) == ("results/runs", "results/tables", "results/paper")
+    assert (paths.runs_dir, paths.tables_dir, paths.reference_dir) == ("results/runs", "results/tables",
+                                                                       "results/paper")
     assert (ROOT / paths.reference_dir).resolve() == REFERENCE_DIR
     moved = configured_paths(["paths.results_dir=/scratch/r", "model=llama3_8b"])  # other overrides do not count
     assert (moved.runs_dir, moved.tables_dir, moved.reference_dir) == ("/scratch/r/runs", "/scratch/r/tables",

@@ -24,9 +24,9 @@ decay η·λ, while here both follow the Trainer's schedule) is listed in
 docs/methods/altlora.md#differences-from-the-reference-code.
 
 Phases switch every ``alter_freq`` optimiser steps, starting with B (B0 = 0 is the factor with a non-zero gradient).
-As in the reference trainer after its first switch, the inactive factor is frozen (``requires_grad=False``) so the next backward pass
-neither computes nor clips its gradient (``freeze_inactive``). The phase counter is optimiser state, so a resumed
-run continues the same schedule.
+As in the reference trainer after its first switch, the inactive factor is frozen (``requires_grad=False``) so the
+next backward pass neither computes nor clips its gradient (``freeze_inactive``). The phase counter is optimiser
+state, so a resumed run continues the same schedule.
 """
 from __future__ import annotations
 

@@ -289,7 +289,8 @@ def reference_file(name: str, directory: str | Path = REFERENCE_DIR) -> Path:
     """The file of reference table ``name`` (an experiment's ``table.reference``) in ``directory``."""
     if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.endswith((".yaml", ".yml")):
         raise ConfigError(f"table.reference={name!r} is invalid: name a reference table by its file stem in "
-                          f"paths.reference_dir (e.g. table.reference=sds_table2 for {Path(directory) / 'sds_table2.yaml'})")
+                          f"paths.reference_dir (e.g. table.reference=sds_table2 for "
+                          f"{Path(directory) / 'sds_table2.yaml'})")
     return Path(directory) / f"{name}.yaml"
 
 
