@@ -16,6 +16,7 @@ from torch import nn
 from conftest import ROOT, compose
 from loralab.instantiate import build
 from loralab.methods.base import count_trainable, matching_linears
+from loralab.methods.lora import LoRA
 from loralab.models.hub_configs import HUB_CONFIGS, HUB_IDS, build_on_meta
 from loralab.planning.architectures import ARCHITECTURES
 from loralab.planning.plan import trainable_params
@@ -120,7 +121,7 @@ def test_lora_trains_what_the_paper_reports(name: str, rank: int, table: str, ke
     assert _rounds_to(adapter, _paper_params(table)[key]), (adapter, _paper_params(table)[key])
     # the planner counts the same adapter, plus the heads that train in full (classifier, pooler)
     arch = ARCHITECTURES[name]
-    assert trainable_params(arch, "lora", rank, targets, _num_labels(name), saved)[0] == count_trainable(peft_model)
+    assert trainable_params(arch, LoRA(rank=rank), targets, _num_labels(name), saved)[0] == count_trainable(peft_model)
 
 
 @pytest.mark.parametrize("name, table", [("llama2_7b", "loram_table1"), ("deberta_v3_base", "loram_table2")])

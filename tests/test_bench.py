@@ -10,10 +10,13 @@ import pytest
 import torch
 
 from loralab.benchmarking import memory as mem
-from loralab.benchmarking.flops import LlamaShape, adapter_flops, base_linear_flops, step_flops
 from loralab.benchmarking.config import cuda_default, tiny
+from loralab.benchmarking.flops import LlamaShape, base_linear_flops, step_flops
 from loralab.benchmarking.timing import implemented_flops
-from loralab.benchmarking.trainees import build_base_model, make_batch, prepare, trainer_arguments
+from loralab.benchmarking.trainees import build_base_model, build_method, make_batch, prepare, trainer_arguments
+from loralab.methods.full_ft import FullFineTuning
+from loralab.methods.lora import LoRA
+from loralab.methods.sds_lora import SDSLoRA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,19 +37,21 @@ def test_linear_and_adapter_flops_by_hand() -> None:
     assert base_linear_flops(3, 2, trainable=False).backward == 12  # input grad only
     assert base_linear_flops(3, 2, trainable=False, input_grad=False).backward == 0
     assert base_linear_flops(3, 2, trainable=True).backward == 24  # input grad + weight grad
-    lora = adapter_flops(3, 2, 1, "lora")
-    assert (lora.forward, lora.backward) == (10, 20)  # 2r(m+n); ∇B 6 + ∂h 6 + ∇A 4 + ∂x 4
-    assert adapter_flops(3, 2, 1, "lora", input_grad=False).backward == 16
-    sds = adapter_flops(3, 2, 1, "sds")
-    assert (sds.forward, sds.backward) == (20, 30)  # 2(2r)(m+n); ∂h 12 + ∂x 8 + ∇A 4 + ∇B 6
-    assert adapter_flops(3, 2, 1, "sds", input_grad=False).backward == 16  # ∂h only the Q_B half: 6 + 4 + 6
+    lora, sds = LoRA(rank=1), SDSLoRA(rank=1)
+    # token_flops takes (in_features n = 2, out_features m = 3, rank)
+    assert (lora.token_flops(2, 3, 1).forward, lora.token_flops(2, 3, 1).backward) == (10, 20)
+    # 2r(m+n); ∇B 6 + ∂h 6 + ∇A 4 + ∂x 4
+    assert lora.token_flops(2, 3, 1, input_grad=False).backward == 16
+    assert (sds.token_flops(2, 3, 1).forward, sds.token_flops(2, 3, 1).backward) == (20, 30)
+    # 2(2r)(m+n); ∂h 12 + ∂x 8 + ∇A 4 + ∇B 6
+    assert sds.token_flops(2, 3, 1, input_grad=False).backward == 16  # ∂h only the Q_B half: 6 + 4 + 6
     # large layers: SDS adapter = 5/3 of LoRA's, 10r(m+n) vs 6r(m+n)
-    assert adapter_flops(4096, 4096, 32, "sds").total * 3 == adapter_flops(4096, 4096, 32, "lora").total * 5
+    assert sds.token_flops(4096, 4096, 32).total * 3 == lora.token_flops(4096, 4096, 32).total * 5
 
 
 def test_step_flops_of_a_one_layer_model_by_hand() -> None:
     shape = LlamaShape(hidden=4, intermediate=8, heads=2, kv_heads=1, layers=1, vocab=5, seq=3, batch=1)
-    flops = step_flops(shape, "lora", rank=1, targets=["q_proj"])
+    flops = step_flops(shape, LoRA(rank=1), targets=["q_proj"])
     # per token, frozen base: q 4×4, k 2×4, v 2×4 (inputs from frozen embeddings: forward only) = 32+16+16;
     # o 4×4, gate 8×4, up 8×4, down 4×8 forward + input grad = 64+128+128+128; lm_head 5×4: 40+40 → 592
     assert flops.base == 3 * 592
@@ -55,7 +60,7 @@ def test_step_flops_of_a_one_layer_model_by_hand() -> None:
     # attention: 4·S·d forward, twice that backward: 3 · 4 · 3 · 4 per token
     assert flops.attention == 3 * 144
     assert flops.total == 1776 + 120 + 432
-    full = step_flops(shape, "full_ft", rank=1)
+    full = step_flops(shape, FullFineTuning(rank=1))
     # every weight trainable and every input grad needed: 6mn over 4·4+2·4+2·4+4·4+8·4+8·4+4·8 = 144 and lm_head 20
     assert full.base == 3 * 6 * (144 + 20) and full.adapter == 0
 
@@ -71,7 +76,7 @@ def test_flop_model_equals_the_matmuls_a_step_issues(name: str, tmp_path: Path) 
     trainee = prepare(name, base, cfg, batch, args, 10)
     for _ in range(cfg.sds_warmup_steps + 1):  # SDS: past the transition, so the fused path is counted
         trainee.driven_step()
-    model = step_flops(cfg.shape, name, cfg.rank, cfg.targets)
+    model = step_flops(cfg.shape, trainee.method, cfg.targets)
     issued = implemented_flops(trainee)
     if name == "dora":  # PEFT forms B·A as lora_B(lora_A(I_n)) (FSDP-safe): 2nr(n + m), not the bound's 2mnr
         n_squared = sum(n * n for _, _, n in cfg.shape.projections()) * cfg.shape.layers
@@ -124,7 +129,7 @@ def test_tiny_benchmark_through_the_script(tmp_path: Path) -> None:
     assert set(report["methods"]) == {"lora", "sds_lora", "full_ft"}
     for name, entry in report["methods"].items():
         assert entry["step_time_s"]["n"] == 2 and entry["step_time_s"]["median"] > 0
-        assert entry["flop_model"]["total"] == step_flops(tiny().shape, name, 4).total
+        assert entry["flop_model"]["total"] == step_flops(tiny().shape, build_method(name, tiny())).total
         assert entry["memory_accounted"]["total"] > 0
     lora, sds = report["methods"]["lora"], report["methods"]["sds_lora"]
     assert lora["time_ratio_to_lora"] == 1.0 and lora["memory_accounted_ratio_to_lora"] == 1.0

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose
 from loralab.lr_source import lr_problem
+from loralab.methods.lora import LoRA
 from loralab.tables.tabulate import Column, RunResult, build_from_spec, build_table
 from loralab.planning.architectures import ARCHITECTURES
 from loralab.tables.grid import expand_sweep, sweeps_of, table_sweeps, tables_of
@@ -325,11 +326,11 @@ def test_architectures_match_the_hub_models() -> None:
         assert OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml").hub_id == arch.hub_id
     llama2 = ARCHITECTURES["llama2_7b"]
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    assert trainable_params(llama2, "lora", 16, targets)[0] == 39_976_960          # LoRAM Table 1: "40M"
-    assert trainable_params(llama2, "lora", 128, targets)[0] == 319_815_680        # "320M"
+    assert trainable_params(llama2, LoRA(rank=16), targets)[0] == 39_976_960          # LoRAM Table 1: "40M"
+    assert trainable_params(llama2, LoRA(rank=128), targets)[0] == 319_815_680        # "320M"
     deberta = ARCHITECTURES["deberta_v3_base"]
     targets = ["query_proj", "key_proj", "value_proj", "dense"]
-    assert trainable_params(deberta, "lora", 8, targets)[0] == 1_327_104           # LoRAM Table 2: "1.33M"
+    assert trainable_params(deberta, LoRA(rank=8), targets)[0] == 1_327_104           # LoRAM Table 2: "1.33M"
 
 
 def test_plan_is_calibrated_on_table6_and_sane() -> None:

@@ -36,6 +36,7 @@ from loralab.checksums import MANIFEST, manifest_problem
 from loralab.distributed import global_train_batch, is_main_process, world_size
 from loralab.errors import LoralabError
 from loralab.io import atomic_write_json, read_json
+from loralab.methods.base import effective_config
 
 log = logging.getLogger("loralab")
 
@@ -64,10 +65,14 @@ class RunLockedError(LoralabError):
 def config_hash(cfg: DictConfig, processes: int | None = None) -> str:
     """Hash of what the run computes: the resolved config without :data:`NON_SEMANTIC_KEYS`, plus, for a
     multi-process run (``processes`` > 1; default: this process's world size), the number of processes and
-    the global batch. The launch is added only then, so single-process runs keep the hashes they always had."""
+    the global batch. The launch is added only then, so single-process runs keep the hashes they always had.
+    The ``method`` block counts as the method runs it (``methods.base.effective_config``: the YAML over the
+    dataclass's defaults), so a default kept only in the dataclass hashes as if the YAML listed it."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     semantic = {k: v for k, v in resolved.items() if k not in NON_SEMANTIC_KEYS}
+    if isinstance(semantic.get("method"), dict):
+        semantic["method"] = effective_config(semantic["method"])
     processes = world_size() if processes is None else processes
     if processes > 1:  # per-device batch 4 on 2 processes is batch 8: another run than batch 4 alone
         semantic["launch"] = {"world_size": processes,

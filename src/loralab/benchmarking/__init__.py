@@ -7,11 +7,11 @@ rounds), ``refresh`` (SDS refresh kernels), ``memory``/``rss`` (memory measures)
 loop), ``flops`` (the FLOP model), ``report`` (ratios, targets, files), ``overhead`` (``run_benchmark``),
 ``decoding`` (reference vs per-row stopping) and ``gpu_check`` (all of them on one GPU)."""
 from loralab.benchmarking.config import BenchConfig, cpu_default, cuda_default, tiny
-from loralab.benchmarking.flops import LlamaShape, StepFlops, adapter_flops, base_linear_flops, step_flops
+from loralab.benchmarking.flops import LlamaShape, StepFlops, base_linear_flops, step_flops
 from loralab.benchmarking.overhead import run_benchmark
 from loralab.benchmarking.report import write_report
 
 __all__ = [
-    "BenchConfig", "LlamaShape", "StepFlops", "adapter_flops", "base_linear_flops", "cpu_default", "cuda_default",
+    "BenchConfig", "LlamaShape", "StepFlops", "base_linear_flops", "cpu_default", "cuda_default",
     "run_benchmark", "step_flops", "tiny", "write_report",
 ]

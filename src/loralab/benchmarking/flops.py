@@ -1,5 +1,8 @@
 """FLOP model of one training step of a Llama-shaped decoder, per method: the lower bound the timings are read against.
 
+The per-layer costs are the methods' own (``Method.token_flops``, ``step_flops``, ``periodic_flops``, in
+``loralab.methods``); this module sums them over a model's layers and adds the base products and attention.
+
 Counted: every matrix product (2 FLOPs per multiply-add). Not counted: element-wise work (norms, activations,
 softmax, the loss, residual adds, LoRA's scaling, optimiser updates), embedding look-ups and their scatter-add
 gradient. Those are memory-bound and do not scale with the adapter rank, so the model is a *lower bound* on
@@ -44,19 +47,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-# methods whose step is LoRA's (they differ only in initialisation, scaling or learning rates)
-LORA_LIKE = ("lora", "rslora", "lora_plus", "pissa", "olora", "milora", "corda", "lora_ga", "loram")
-ADAPTERS = ("lora", "sds", "dora", "altlora")
-
-
-@dataclass(frozen=True)
-class LinearFlops:
-    forward: int
-    backward: int
-
-    @property
-    def total(self) -> int:
-        return self.forward + self.backward
+from loralab.methods.base import LinearFlops, Method
 
 
 def base_linear_flops(m: int, n: int, trainable: bool, input_grad: bool = True) -> LinearFlops:
@@ -65,57 +56,11 @@ def base_linear_flops(m: int, n: int, trainable: bool, input_grad: bool = True) 
     return LinearFlops(2 * m * n, bwd)
 
 
-def adapter_flops(m: int, n: int, r: int, kind: str, input_grad: bool = True) -> LinearFlops:
-    """Per-token FLOPs of the adapter path of one layer (without the base product); see the module docstring."""
-    if kind in ("lora", "dora"):
-        fwd = 2 * r * (m + n)
-        bwd = 2 * m * r + 2 * m * r + 2 * r * n + (2 * r * n if input_grad else 0)
-        return LinearFlops(fwd, bwd)
-    if kind == "sds":
-        fwd = 2 * (2 * r) * (m + n)
-        grad_h = 2 * m * (2 * r) if input_grad else 2 * m * r
-        grad_x = 2 * (2 * r) * n if input_grad else 0
-        return LinearFlops(fwd, grad_h + grad_x + 2 * r * n + 2 * m * r)
-    if kind == "altlora":
-        # B-phase: ∇B (2mr) and, only for ∂x, ∂h (2mr) + ∂x (2rn); A-phase: ∂h (2mr), ∇A (2rn), ∂x (2rn)
-        b_phase = 2 * m * r + ((2 * m * r + 2 * r * n) if input_grad else 0)
-        a_phase = 2 * m * r + 2 * r * n + (2 * r * n if input_grad else 0)
-        return LinearFlops(2 * r * (m + n), (b_phase + a_phase) // 2)
-    raise ValueError(f"unknown adapter kind {kind!r}; valid: {list(ADAPTERS)}")
-
-
-def adapter_step_flops(m: int, n: int, r: int, method: str) -> int:
-    """Per-step (token-independent) matrix FLOPs of one adapted layer: DoRA's norm, the optimisers' extras."""
-    if method == "dora":
-        return 2 * m * n * r
-    if method == "lora_pro":
-        return 8 * m * n * r + 4 * r * r * (m + n)
-    if method == "scaled_adamw":
-        return 4 * r * r * (m + n)
-    if method == "altlora":
-        return 2 * r * r * (m + n)
-    return 0
-
-
-def adapter_kind(method: str) -> str | None:
-    """Which per-token adapter cost a method has (None: full fine-tuning)."""
-    if method == "full_ft":
-        return None
-    if method in ("sds_lora",):
-        return "sds"
-    if method == "dora":
-        return "dora"
-    if method == "altlora":
-        return "altlora"
-    if method in LORA_LIKE or method in ("lora_pro", "scaled_adamw"):
-        return "lora"
-    raise ValueError(f"no FLOP model for method {method!r}")
-
-
-def supports(method: str) -> bool:
+def supports(method: Method) -> bool:
+    """Whether the method states a per-token FLOP model (``Method.token_flops``)."""
     try:
-        adapter_kind(method)
-    except ValueError:
+        method.token_flops(2, 2, 1)
+    except NotImplementedError:
         return False
     return True
 
@@ -171,12 +116,12 @@ def adapted_layers(shape: LlamaShape, targets: tuple[str, ...] | list[str]) -> l
             for layer in range(shape.layers) for name, m, n in shape.projections() if name in targets]
 
 
-def step_flops(shape: LlamaShape, method: str, rank: int,
-               targets: tuple[str, ...] | list[str] | None = None) -> StepFlops:
-    """FLOP-model lower bound of one training step (forward + backward + optimiser products) of ``method``."""
-    kind = adapter_kind(method)
+def step_flops(shape: LlamaShape, method: Method, targets: tuple[str, ...] | list[str] | None = None) -> StepFlops:
+    """FLOP-model lower bound of one training step (forward + backward + optimiser products) of ``method`` at its
+    rank, from its cost hooks (``token_flops``, ``step_flops``)."""
+    rank = method.rank
     targets = set(targets) if targets is not None else {name for name, _, _ in shape.projections()}
-    full = kind is None
+    full = method.trains_base_weights
     t = shape.tokens
     base = adapter = per_step = 0
     for layer in range(shape.layers):
@@ -185,15 +130,17 @@ def step_flops(shape: LlamaShape, method: str, rank: int,
             input_grad = full or not (layer == 0 and name in ("q_proj", "k_proj", "v_proj"))
             base += t * base_linear_flops(m, n, trainable=full, input_grad=input_grad).total
             if not full and name in targets:
-                adapter += t * adapter_flops(m, n, rank, kind, input_grad).total
-                per_step += adapter_step_flops(m, n, rank, method)
+                adapter += t * method.token_flops(n, m, rank, input_grad).total
+                per_step += method.step_flops(n, m, rank)
     base += t * base_linear_flops(shape.vocab, shape.hidden, trainable=full, input_grad=True).total  # lm_head
     d = shape.heads * shape.head_dim
     attention = shape.layers * t * 3 * (4 * shape.seq * d)  # forward 4·S·d per token, backward twice that
     return StepFlops(base=base, adapter=adapter, attention=attention, per_step=per_step)
 
 
-def refresh_flops(shape: LlamaShape, rank: int, targets: tuple[str, ...] | list[str] | None = None) -> int:
-    """Householder QR of B (m×r) and Aᵀ (n×r): about 2r²(dim − r/3) each, counted as 2r²·dim (an estimate)."""
+def periodic_flops(shape: LlamaShape, method: Method, targets: tuple[str, ...] | list[str] | None = None) -> int:
+    """FLOPs of one round of the method's periodic work over the model (``Method.periodic_flops``; SDS-LoRA: the
+    basis refresh)."""
     targets = set(targets) if targets is not None else {name for name, _, _ in shape.projections()}
-    return shape.layers * sum(2 * rank * rank * (m + n) for name, m, n in shape.projections() if name in targets)
+    return shape.layers * sum(method.periodic_flops(n, m, method.rank)
+                              for name, m, n in shape.projections() if name in targets)

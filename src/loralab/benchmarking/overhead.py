@@ -31,9 +31,9 @@ from typing import Any, Callable
 import torch
 
 from loralab.benchmarking import memory as mem
-from loralab.benchmarking.config import (LLAMA3_8B, PAPER_LORA_PEAK_BYTES, SDS_FAMILY, BenchConfig,
+from loralab.benchmarking.config import (LLAMA3_8B, PAPER_LORA_PEAK_BYTES, REFERENCE, SUBJECT, BenchConfig,
                                          paper_table6_ratios)
-from loralab.benchmarking.flops import adapted_layers, refresh_flops, step_flops, supports
+from loralab.benchmarking.flops import adapted_layers, periodic_flops, step_flops, supports
 from loralab.benchmarking.refresh import compare_refresh_kernels
 from loralab.benchmarking.report import add_ratios, evaluate_targets, machine
 from loralab.benchmarking.rss import rss_probe
@@ -42,11 +42,11 @@ from loralab.benchmarking.timing import implemented_flops, interleave, sds_refre
 from loralab.benchmarking.trainees import (
     Trainee,
     build_base_model,
+    build_method,
     make_batch,
     method_names,
     own_warmup_steps,
     prepare,
-    sds_is_active,
     trainer_arguments,
 )
 
@@ -57,7 +57,7 @@ def _warm_up(trainees: dict[str, Trainee], cfg: BenchConfig, device: torch.devic
     sds_extra: dict[str, Any] = {}
     for name, tr in trainees.items():
         for i in range(own_warmup_steps(tr)):
-            if i == own_warmup_steps(tr) - 1 and name == "sds_lora":
+            if i == own_warmup_steps(tr) - 1 and name == SUBJECT:
                 # the last warm-up step ends with the transition: time it separately (one-off cost)
                 kw = dict(model=tr.model, optimizer=tr.optimizer)
                 tr.driver.begin(**kw)
@@ -67,7 +67,7 @@ def _warm_up(trainees: dict[str, Trainee], cfg: BenchConfig, device: torch.devic
                 tr.driven_step()
         for _ in range(cfg.warmup):
             tr.step()
-        if name in SDS_FAMILY and not sds_is_active(tr.model):
+        if tr.method.in_warmup(tr.model):
             raise RuntimeError(f"{name} is still in its warm-up after {own_warmup_steps(tr)} steps")
         log(f"[bench] warmed up {name}")
     return sds_extra
@@ -78,8 +78,8 @@ def _method_entry(name: str, tr: Trainee, cfg: BenchConfig, samples: list[float]
     """Time, FLOPs and memory of one method (the FLOP count and memory probes run untimed steps)."""
     entry: dict[str, Any] = {"step_time_s": summarise(samples), "prepare_s": tr.prepare_s,
                              "trainable_params": sum(p.numel() for p in tr.model.parameters() if p.requires_grad)}
-    if supports(name):
-        entry["flop_model"] = step_flops(cfg.shape, name, cfg.rank, cfg.targets).as_dict()
+    if supports(tr.method):
+        entry["flop_model"] = step_flops(cfg.shape, tr.method, cfg.targets).as_dict()
     if cfg.flop_count:
         entry["implemented_matmul_flops"] = implemented_flops(tr)
     tr.optimizer.zero_grad(set_to_none=True)
@@ -103,9 +103,9 @@ def _sds_memory_model(cfg: BenchConfig, results: dict[str, Any]) -> dict[str, An
              "llama3_8b_bf16": mem.sds_extra_bytes(adapted_layers(LLAMA3_8B, cfg.targets), cfg.rank, 2, True),
              "paper_lora_peak_bytes": PAPER_LORA_PEAK_BYTES}
     model["llama3_8b_bf16"]["fraction_of_paper_lora_peak"] = model["llama3_8b_bf16"]["total"] / PAPER_LORA_PEAK_BYTES
-    if "sds_lora" in results:
-        model["this_run"]["measured_accounted_difference"] = (results["sds_lora"]["memory_accounted"]["total"]
-                                                              - results["lora"]["memory_accounted"]["total"])
+    if SUBJECT in results:
+        model["this_run"]["measured_accounted_difference"] = (results[SUBJECT]["memory_accounted"]["total"]
+                                                              - results[REFERENCE]["memory_accounted"]["total"])
     return model
 
 
@@ -114,9 +114,9 @@ def _real_width(cfg: BenchConfig, results: dict[str, Any], memory_model: dict[st
     the FLOP model, the memory formula and the paper's Table 6 ratios; None otherwise."""
     s, ref = cfg.shape, LLAMA3_8B
     real = (s.hidden, s.intermediate, s.heads, s.kv_heads) == (ref.hidden, ref.intermediate, ref.heads, ref.kv_heads)
-    if not (real or cfg.label == "llama3_8b") or "sds_lora" not in results:
+    if not (real or cfg.label == "llama3_8b") or SUBJECT not in results:
         return None
-    sds, run = results["sds_lora"], memory_model["this_run"]
+    sds, run = results[SUBJECT], memory_model["this_run"]
     return {
         "real_shapes": real,
         "layers": s.layers,
@@ -140,8 +140,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
     if unknown:
         raise ValueError(f"unknown methods {unknown}; valid: {method_names()}")
     methods = list(dict.fromkeys(cfg.methods))
-    if "lora" not in methods:
-        methods.insert(0, "lora")  # the reference of every ratio
+    if REFERENCE not in methods:
+        methods.insert(0, REFERENCE)  # the reference of every ratio
     if cfg.threads and device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -160,9 +160,9 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
     # interleaved timing: one step of every method per round, rotating the order; SDS refresh as its own entry
     timers: dict[str, Callable[[], None]] = {name: tr.step for name, tr in trainees.items()}
     refresh_rate = None
-    if "sds_lora" in trainees:
-        timers["sds_lora:refresh"], timers["sds_lora:callback_idle"], refresh_rate = sds_refresh_timer(
-            trainees["sds_lora"])
+    if SUBJECT in trainees:
+        timers[f"{SUBJECT}:refresh"], timers[f"{SUBJECT}:callback_idle"], refresh_rate = sds_refresh_timer(
+            trainees[SUBJECT])
 
     def progress(rnd: int, samples: dict[str, list[float]]) -> None:
         log(f"[bench] round {rnd + 1}/{cfg.steps}: " + ", ".join(
@@ -170,19 +170,19 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
 
     samples = interleave(timers, cfg.steps, device, progress)
     results = {name: _method_entry(name, tr, cfg, samples[name], device) for name, tr in trainees.items()}
-    if "sds_lora" in trainees:
-        step = results["sds_lora"]["step_time_s"]["median"]
-        ref = summarise(samples["sds_lora:refresh"])
+    if SUBJECT in trainees:
+        step = results[SUBJECT]["step_time_s"]["median"]
+        ref = summarise(samples[f"{SUBJECT}:refresh"])
         sds_extra.update({
-            "refresh_s": ref, "callback_idle_s": summarise(samples["sds_lora:callback_idle"]),
+            "refresh_s": ref, "callback_idle_s": summarise(samples[f"{SUBJECT}:callback_idle"]),
             "refresh_rate_per_step": refresh_rate,
-            "refresh_model_flops": refresh_flops(cfg.shape, cfg.rank, cfg.targets),
+            "refresh_model_flops": periodic_flops(cfg.shape, trainees[SUBJECT].method, cfg.targets),
             "amortised_refresh_fraction_of_step": refresh_rate * ref["median"] / step if step else None,
             "transition_fraction_of_step": sds_extra.get("transition_s", 0.0) / step if step else None,
         })
         if cfg.refresh_kernel_rounds:
             log("[bench] refresh kernels")
-            sds_extra["refresh_kernels"] = compare_refresh_kernels(trainees["sds_lora"].model, device,
+            sds_extra["refresh_kernels"] = compare_refresh_kernels(trainees[SUBJECT].model, device,
                                                                    cfg.refresh_kernel_rounds)
     if cfg.rss and device.type == "cpu":  # RSS probes: one fresh process per method
         for name in methods:
@@ -200,7 +200,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
             tax[name] = framework_tax(name, base, cfg, batch, Path(tmp))
 
     for name, entry in results.items():  # per-round ratios: both steps ran within seconds of each other
-        entry["paired_time_ratio_to_lora"] = summarise([t / r for t, r in zip(samples[name], samples["lora"])])
+        entry["paired_time_ratio_to_lora"] = summarise([t / r for t, r in zip(samples[name], samples[REFERENCE])])
     report = {
         "kind": "loralab-overhead-benchmark",
         "created_unix": started,
@@ -210,8 +210,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[
         "methods": results,
         "sds": sds_extra,
         "framework_tax": tax,
-        "flop_model_llama3_8b": {m: step_flops(LLAMA3_8B, m, cfg.rank, cfg.targets).as_dict()
-                                 for m in ("lora", "sds_lora")},
+        "flop_model_llama3_8b": {m: step_flops(LLAMA3_8B, build_method(m, cfg), cfg.targets).as_dict()
+                                 for m in (REFERENCE, SUBJECT)},
         "sds_memory_model": _sds_memory_model(cfg, results),
     }
     add_ratios(report)

@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from loralab.benchmarking.config import CONF, INIT_OVERRIDES, SDS_FAMILY, BenchConfig
+from loralab.benchmarking.config import CONF, BenchConfig
 
 
 def sync(device: torch.device) -> None:
@@ -55,17 +55,25 @@ def method_names() -> list[str]:
     return sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
 
 
-def build_method(name: str, cfg: BenchConfig) -> Any:
-    """The method object exactly as the runner builds it (Hydra instantiate of ``conf/method/<name>.yaml``)."""
-    from loralab.instantiate import build
+def method_node(name: str) -> tuple[Any, Any]:
+    """``conf/method/<name>.yaml`` and the ``Method`` class it names."""
+    from loralab.methods.base import method_class
 
     path = CONF / "method" / f"{name}.yaml"
     if not path.exists():
         raise ValueError(f"unknown method {name!r}; valid: {method_names()}")
     node = OmegaConf.load(path)
-    overrides = dict(INIT_OVERRIDES.get(name, {}))
-    if name in SDS_FAMILY:
-        overrides["warmup_steps"] = cfg.sds_warmup_steps
+    return node, method_class(str(node._target_))
+
+
+def build_method(name: str, cfg: BenchConfig) -> Any:
+    """The method object exactly as the runner builds it (Hydra instantiate of ``conf/method/<name>.yaml``)."""
+    from loralab.instantiate import build
+
+    node, cls = method_node(name)
+    overrides = dict(cls.quick_init)  # the step is timed, not the initialisation
+    if cls.warmup_option:
+        overrides[cls.warmup_option] = cfg.sds_warmup_steps
     for key, value in overrides.items():
         node[key] = value
     root = OmegaConf.create({"rank": cfg.rank, "alpha": cfg.alpha, "method": node})
@@ -183,18 +191,12 @@ def prepare(name: str, base: nn.Module, cfg: BenchConfig, batch: dict[str, torch
 
 
 def own_warmup_steps(trainee: Trainee) -> int:
-    return int(getattr(trainee.method, "warmup_steps", 0)) if trainee.name in SDS_FAMILY else 0
-
-
-def sds_is_active(model: nn.Module) -> bool:
-    from loralab.methods.sds_lora import sds_layers
-
-    layers = sds_layers(model)
-    return bool(layers) and all(mod.lora_variant[ad].state(mod, ad).active for _, mod, ad in layers)
+    option = trainee.method.warmup_option
+    return int(getattr(trainee.method, option)) if option else 0
 
 
 
 
 def own_steps_for(name: str, cfg: BenchConfig) -> int:
     """Steps of a method's own warm-up phase before its timed path (SDS-LoRA: the plain-LoRA steps)."""
-    return cfg.sds_warmup_steps if name in SDS_FAMILY else 0
+    return cfg.sds_warmup_steps if method_node(name)[1].warmup_option else 0

@@ -103,20 +103,26 @@ def _loss_and_grad(dw: np.ndarray, target: np.ndarray, sensing: np.ndarray | Non
     return 0.5 * float(res @ res) / n_meas, (sensing.T @ res / n_meas).reshape(diff.shape)
 
 
+TOY_RULES = ("lora", "sds")  # plain LoRA's gradient step and SDS-LoRA's (bases from the previous refresh)
+
+
 def steps_to_tol(
     p: KappaProblem, method: str, lr: float, tol: float = 1e-4, max_steps: int = 20000, refresh: int = 1,
     patience: int = 2000,
 ) -> int | None:
     """Plain GD steps until ``L ≤ tol·L₀``; None if not reached within ``max_steps``, diverged, or no 1 %
     improvement of the best loss for ``patience`` steps."""
+    if method not in TOY_RULES:
+        raise ValueError(f"method={method!r} must be one of {list(TOY_RULES)}")
+    sds = method == "sds"  # the toy's two update rules (not loralab's method classes)
     s, target = p.scaling, p.targets[method]
     a, b = p.a0.copy(), p.b0.copy()
-    qb = _aligned_basis(b, None) if method == "sds" else None
-    qa = _aligned_basis(a.T, None) if method == "sds" else None
+    qb = _aligned_basis(b, None) if sds else None
+    qa = _aligned_basis(a.T, None) if sds else None
     l0 = None
     best, last_gain = math.inf, 0
     for t in range(max_steps + 1):
-        dw = s * (b @ a) if method == "lora" else s * (qb @ a + b @ qa.T)
+        dw = s * (qb @ a + b @ qa.T) if sds else s * (b @ a)
         loss, g = _loss_and_grad(dw, target, p.sensing)
         l0 = loss if l0 is None else l0
         if loss <= tol * l0:
@@ -126,14 +132,12 @@ def steps_to_tol(
         # Diverged, or stuck (a too-large step size can cycle forever without reaching tol).
         if not math.isfinite(loss) or loss > 10 * l0 or t - last_gain > patience or t == max_steps:
             return None
-        if method == "lora":
-            a, b = a - lr * s * (b.T @ g), b - lr * s * (g @ a.T)
-        elif method == "sds":
+        if sds:
             a, b = a - lr * s * (qb.T @ g), b - lr * s * (g @ qa)
             if (t + 1) % refresh == 0:
                 qb, qa = _aligned_basis(b, qb), _aligned_basis(a.T, qa)
         else:
-            raise ValueError(f"method={method!r} must be 'lora' or 'sds'")
+            a, b = a - lr * s * (b.T @ g), b - lr * s * (g @ a.T)
     return None
 
 
@@ -162,7 +166,7 @@ def kappa_sweep(
     """Best-step-size step counts per κ for LoRA and SDS-LoRA, and their log-log slopes."""
     grid = list(lrs) if lrs is not None else [2.0 ** (-k / 2) for k in range(-1, 13)]
     out: dict[str, object] = {"kappa": list(kappas)}
-    for method in ("lora", "sds"):
+    for method in TOY_RULES:
         steps, best_lrs = [], []
         for kappa in kappas:
             p = kappa_problem(m, n, r, kappa, measurements=measurements, seed=seed)

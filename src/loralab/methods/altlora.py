@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from loralab.errors import ConfigError
+from loralab.methods.base import LinearFlops
 from loralab.methods.lora import LoRA
 from loralab.methods.scaled_adamw import PairOptimizer, check_common, compute_dtype, damped_inverse
 
@@ -161,6 +162,7 @@ class AltLoRA(LoRA):
     """LoRA (PEFT init) trained with :class:`AltLoRAOptimizer`."""
 
     name: str = "altlora"
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"init_lora_weights", "use_rslora", "use_dora"})
     needs_whole_factors: ClassVar[str] = "its optimiser preconditions with the r×r Gram matrices of whole A and B"
     variant: str = "altlora"
     beta1: float = 0.9
@@ -170,6 +172,19 @@ class AltLoRA(LoRA):
     alter_freq: int = 1
     alternate: bool = True
     freeze_inactive: bool = True
+
+    # costs: docs/methods/altlora.md#cost-model
+    def token_flops(self, in_features: int, out_features: int, rank: int, input_grad: bool = True) -> LinearFlops:
+        """One factor moves per step and the frozen one's gradient is never formed: the backward averaged over a
+        B-phase (∇B 2mr; ∂h 2mr and ∂x 2rn only for the input gradient) and an A-phase (∂h 2mr, ∇A 2rn, ∂x 2rn)."""
+        m, n, r = out_features, in_features, rank
+        b_phase = 2 * m * r + ((2 * m * r + 2 * r * n) if input_grad else 0)
+        a_phase = 2 * m * r + 2 * r * n + (2 * r * n if input_grad else 0)
+        return LinearFlops(2 * r * (m + n), (b_phase + a_phase) // 2)
+
+    def step_flops(self, in_features: int, out_features: int, rank: int) -> int:
+        """The active factor's r×r preconditioner, 2r²(in + out)."""
+        return 2 * rank * rank * (in_features + out_features)
 
     def validate(self, model: nn.Module, target_modules: list[str]) -> None:
         super().validate(model, target_modules)

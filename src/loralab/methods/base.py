@@ -9,15 +9,24 @@ A method is one class (instantiated by Hydra from ``conf/method/<name>.yaml``) t
   (``build_optimizer``),
 * hook into the training loop for schedules such as SDS-LoRA's basis refresh (``callbacks``),
 * write its trained weights as safetensors (``save``), put them back on a fresh pretrained model (``load``) and
-  fold them into the base model (``merge``).
+  fold them into the base model (``merge``),
+* state its cost per adapted linear layer (``in_features`` → ``out_features`` at ``rank``), which the planner
+  (``tables/plan.py``), the overhead benchmark (``benchmarking/``) and the diagnostics read instead of knowing
+  methods by name: trainable parameters (``trainable_params``), matrix FLOPs per token of a training step
+  (``token_flops``), per step (``step_flops``) and of periodic work outside the step (``periodic_flops``), memory
+  beyond the trainable parameters' weights, gradients and Adam state (``extra_memory_bytes``) and the transient
+  peak of a data-driven initialisation (``init_memory_bytes``).
 
-The runner only talks to this interface, so adding a method never touches the runner.
+The defaults are those of a plain LoRA-shaped adapter (``s·B·A`` on a frozen base, trained by AdamW); a method
+overrides only the hooks where it differs, citing the formula's source in ``docs/methods/<name>.md``. The runner
+and the tools only talk to this interface, so adding a method never touches them (CONTRIBUTING.md).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import importlib
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -84,6 +93,18 @@ def matching_linears(model: nn.Module, target_modules: list[str]) -> dict[str, n
     }
 
 
+@dataclass(frozen=True)
+class LinearFlops:
+    """Matrix FLOPs (2 per multiply-add) of one linear layer's path for one token."""
+
+    forward: int
+    backward: int
+
+    @property
+    def total(self) -> int:
+        return self.forward + self.backward
+
+
 @dataclass
 class Method:
     """Base class of all methods. Subclasses override the hooks they need."""
@@ -95,8 +116,20 @@ class Method:
     # None → the model config's ``target_modules``.
     target_modules: list[str] | None = None
     # Whether the model is unchanged at step 0 (checked by the conformance tests).
-    preserves_init: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    preserves_init: ClassVar[bool] = True
+    # Every parameter of the model trains (full fine-tuning): no adapter, the base's weight gradients are formed,
+    # rank and the target modules do not apply.
+    trains_base_weights: ClassVar[bool] = False
+    # Dataclass fields that are not options of this method: a parent's switch the subclass fixes as part of what
+    # it is (PiSSA's init_lora_weights) or an inherited option it ignores. ``effective_config`` leaves them out
+    # unless a config sets them, so they are neither listed in the YAML nor part of the run hash.
+    implicit_fields: ClassVar[frozenset[str]] = frozenset()
+    # Option values that make the initialisation cheap without changing the training step (benchmarks time the
+    # step, not the initialisation), e.g. one calibration batch.
+    quick_init: ClassVar[dict[str, Any]] = {}
+    # The option holding the number of plain-LoRA steps before the method's own update takes over (SDS-LoRA's
+    # warm-up); None: the method trains its own way from step 0.
+    warmup_option: ClassVar[str | None] = None
     # Why the method's optimiser or callbacks need whole parameter matrices on every rank ("" if they do not):
     # reported when a sharded launch (FSDP, DeepSpeed) is refused.
     needs_whole_factors: ClassVar[str] = ""
@@ -155,6 +188,53 @@ class Method:
         """``transformers.TrainerCallback`` instances the method needs (schedules, refreshes)."""
         return []
 
+    def in_warmup(self, model: nn.Module) -> bool:
+        """Whether the prepared ``model`` still trains as plain LoRA (see ``warmup_option``)."""
+        return False
+
+    # ------------------------------------------------------------------ costs
+    # Per adapted linear layer y = W x, W ∈ R^{out×in}; docs/methods/flops.md derives the LoRA defaults.
+    def trainable_params(self, in_features: int, out_features: int, rank: int) -> int:
+        """Parameters the method trains for one adapted layer: A (rank×in) and B (out×rank)."""
+        return rank * (in_features + out_features)
+
+    def token_flops(self, in_features: int, out_features: int, rank: int, input_grad: bool = True) -> LinearFlops:
+        """Matrix FLOPs per token of the adapter path of one layer in a training step (the frozen base product is
+        counted by the caller). LoRA: forward A x, B h = 2r(n+m); backward ∇B, ∂h, ∇A = 2mr + 2mr + 2rn and ∂x =
+        2rn only when the layer's input needs a gradient."""
+        m, n, r = out_features, in_features, rank
+        return LinearFlops(2 * r * (m + n), 4 * m * r + 2 * r * n + (2 * r * n if input_grad else 0))
+
+    def step_flops(self, in_features: int, out_features: int, rank: int) -> int:
+        """Matrix FLOPs per optimiser step (independent of the tokens) of one layer: norms, preconditioners."""
+        return 0
+
+    def periodic_flops(self, in_features: int, out_features: int, rank: int) -> int:
+        """Matrix FLOPs of one layer's periodic work run between some steps (SDS-LoRA's basis refresh); its rate
+        is the method's schedule."""
+        return 0
+
+    def extra_memory_bytes(self, in_features: int, out_features: int, rank: int) -> float:
+        """Training-time bytes of one layer beyond the trainable parameters' own 16 B (fp32 weight, gradient,
+        Adam m and v): cached buffers, optimiser state of another shape."""
+        return 0.0
+
+    def init_memory_bytes(self, in_features: int, out_features: int, rank: int) -> float:
+        """Transient bytes of one layer while the initialisation runs (before training): full gradients,
+        activation covariances."""
+        return 0.0
+
+    # ----------------------------------------------------------------- config
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        """The method's options and their defaults: its dataclass fields but ``implicit_fields``."""
+        out = {}
+        for f in fields(cls):
+            if not f.init or f.name in cls.implicit_fields:
+                continue
+            out[f.name] = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        return out
+
     # ---------------------------------------------------------------- output
     def save(self, model: nn.Module, out_dir: Path) -> Path:
         """Write the trained weights (safetensors) to ``out_dir``; return the weights file."""
@@ -171,6 +251,26 @@ class Method:
     @property
     def scaling(self) -> float:
         return self.alpha / self.rank
+
+
+def method_class(target: str) -> type[Method]:
+    """The ``Method`` subclass a config's ``_target_`` names."""
+    module, _, name = target.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ConfigError(f"method._target_={target!r} is not a loralab Method subclass")
+    return cls
+
+
+def effective_config(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved ``method`` config block as the method runs it: its YAML and overrides over the dataclass's
+    option defaults (``Method.option_defaults``). What the run hash covers, so listing a default in the YAML or
+    on the command line, or leaving it out, is the same run."""
+    node = dict(node)
+    target = node.get("_target_")
+    if not isinstance(target, str):
+        return node
+    return {**method_class(target).option_defaults(), **node}
 
 
 def count_trainable(model: nn.Module) -> int:

@@ -11,6 +11,7 @@ Saving converts to a plain LoRA on the pretrained weights (see :class:`ResidualL
 from __future__ import annotations
 
 import warnings
+from typing import Any, ClassVar
 from dataclasses import dataclass
 
 import torch
@@ -109,11 +110,18 @@ def corda_preprocess(
 class CorDA(ResidualLoRA):
     name: str = "corda"
     init_lora_weights: bool | str = "corda"
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"init_lora_weights", "use_rslora", "use_dora"})
     # "ipm" (instruction-previewed, top-r, task data; INFERRED to be what LoRAM's ablation used) or "kpm" (bottom-r).
     corda_method: str = "ipm"
     # Calibration samples for the covariance; the CorDA paper's count is not verified, 256 is INFERRED
     # (docs/methods/corda.md#defaults-and-choices).
     calibration_samples: int | None = 256
+    quick_init: ClassVar[dict[str, Any]] = {"calibration_samples": None}
+
+    # costs: docs/methods/corda.md#cost-model
+    def init_memory_bytes(self, in_features: int, out_features: int, rank: int) -> float:
+        """The fp32 covariance of the layer's input (in × in)."""
+        return 4.0 * in_features * in_features
 
     def validate(self, model: nn.Module, target_modules: list[str]) -> None:
         super().validate(model, target_modules)

@@ -6,6 +6,7 @@ all of this; the saved adapter holds m next to A and B.
 """
 from __future__ import annotations
 
+from typing import ClassVar
 from dataclasses import dataclass
 
 from torch import nn
@@ -18,6 +19,16 @@ from loralab.methods.lora import LoRA
 class DoRA(LoRA):
     name: str = "dora"
     use_dora: bool = True
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"init_lora_weights", "use_rslora", "use_dora"})
+
+    # costs: docs/methods/dora.md#cost-model
+    def trainable_params(self, in_features: int, out_features: int, rank: int) -> int:
+        """A, B and the magnitude vector m, one entry per output feature."""
+        return super().trainable_params(in_features, out_features, rank) + out_features
+
+    def step_flops(self, in_features: int, out_features: int, rank: int) -> int:
+        """B·A once per forward for the column norm ‖W + s·BA‖_c (detached: no backward), 2·out·in·rank."""
+        return 2 * out_features * in_features * rank
 
     def validate(self, model: nn.Module, target_modules: list[str]) -> None:
         super().validate(model, target_modules)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -23,6 +24,8 @@ class LoRA(Method):
     init_lora_weights: bool | str = True
     use_rslora: bool = False
     use_dora: bool = False
+    # rsLoRA and DoRA are these switches (their own methods), not options of plain LoRA
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"use_rslora", "use_dora"})
 
     @property
     def scaling(self) -> float:

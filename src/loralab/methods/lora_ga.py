@@ -15,6 +15,7 @@ rank-2r conversion ``s(BA − B0A0)``, which applies to the *original* W like an
 """
 from __future__ import annotations
 
+from typing import Any, ClassVar
 from dataclasses import dataclass
 
 import torch
@@ -113,6 +114,7 @@ class LoRAGA(ResidualLoRA):
     """LoRA whose (A0, B0) come from the SVD of the calibration gradient; the base weights become ``W − s·B0A0``."""
 
     name: str = "lora_ga"
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"init_lora_weights", "use_dora"})
     direction: str = "ArB2r"
     scale: str = "stable"
     stable_gamma: float = 16.0
@@ -121,6 +123,12 @@ class LoRAGA(ResidualLoRA):
     svd_method: str = "lowrank"
     svd_niter: int = 4
     seed: int = 0
+    quick_init: ClassVar[dict[str, Any]] = {"grad_batches": 1}
+
+    # costs: docs/methods/lora_ga.md#cost-model
+    def init_memory_bytes(self, in_features: int, out_features: int, rank: int) -> float:
+        """The full fp32 gradient of the adapted weight, averaged over the calibration batches."""
+        return 4.0 * in_features * out_features
 
     def validate(self, model: nn.Module, target_modules: list[str]) -> None:
         super().validate(model, target_modules)

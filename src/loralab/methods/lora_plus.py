@@ -7,6 +7,7 @@ as PEFT does, every trainable 1-D parameter such as biases) in a group with lr·
 """
 from __future__ import annotations
 
+from typing import ClassVar
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from loralab.methods.lora import LoRA
 @dataclass
 class LoRAPlus(LoRA):
     name: str = "lora_plus"
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"init_lora_weights", "use_rslora", "use_dora"})
     # λ = η_B / η_A. LoRA+ recommends 2^4 = 16; the LoRAM paper's baseline reads η_B = 4·η_A (INFERRED,
     # docs/methods/lora_plus.md#ratio-in-loram).
     loraplus_lr_ratio: float = 16.0

@@ -138,12 +138,22 @@ class LoRAPro(LoRA):
     """LoRA (PEFT init) trained with :class:`LoRAProAdamW`."""
 
     name: str = "lora_pro"
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"init_lora_weights", "use_rslora", "use_dora"})
     needs_whole_factors: ClassVar[str] = "its optimiser solves for the equivalent gradient from whole A and B"
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
     damping: float = 1e-8
     x_choice: str = "sylvester"
+
+    # costs: docs/methods/lora_pro.md#cost-model
+    def step_flops(self, in_features: int, out_features: int, rank: int) -> int:
+        """s(B·ĝ_A + ĝ_B·A) and the map back Bᵀ·D, D·Aᵀ (8·out·in·rank) plus the r×r solves (4r²(in + out))."""
+        return 8 * out_features * in_features * rank + 4 * rank * rank * (in_features + out_features)
+
+    def extra_memory_bytes(self, in_features: int, out_features: int, rank: int) -> float:
+        """Full-size (out×in) fp32 Adam m, v and the equivalent gradient: 12 B per weight element."""
+        return 12.0 * out_features * in_features
 
     def validate(self, model: nn.Module, target_modules: list[str]) -> None:
         super().validate(model, target_modules)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -87,6 +87,7 @@ def loram_beta(target_magnitude: float, basis_n: torch.Tensor, basis_m: torch.Te
 class LoRAM(ResidualLoRA):
     name: str = "loram"
     init_lora_weights: bool | str = False  # PEFT leaves A, B alone; create_peft_model installs LoRAM's factors
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"init_lora_weights", "use_dora"})
     basis: str = "dst"
     # "log" (paper default), "spectral" (exact Q[r] from the SVD of W) or a constant in (0, 1].
     gain: str | float = "log"

@@ -8,6 +8,7 @@ saving converts to a plain LoRA on the pretrained weights (see :class:`ResidualL
 """
 from __future__ import annotations
 
+from typing import ClassVar
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,7 @@ def milora_factors(weight: torch.Tensor, rank: int, scaling: float) -> tuple[tor
 class MiLoRA(ResidualLoRA):
     name: str = "milora"
     init_lora_weights: bool | str = False  # PEFT leaves A, B alone; create_peft_model installs MiLoRA's factors
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"init_lora_weights", "use_rslora", "use_dora"})
 
     def lora_config(self, target_modules: list[str], modules_to_save: list[str] | None) -> LoraConfig:
         config = super().lora_config(target_modules, modules_to_save)

@@ -6,6 +6,7 @@ saving converts to a plain LoRA on the pretrained weights (see :class:`ResidualL
 """
 from __future__ import annotations
 
+from typing import ClassVar
 from dataclasses import dataclass
 
 from peft import LoraConfig
@@ -17,6 +18,7 @@ from loralab.methods.residual import ResidualLoRA
 class OLoRA(ResidualLoRA):
     name: str = "olora"
     init_lora_weights: bool | str = "olora"
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"init_lora_weights", "use_rslora", "use_dora"})
 
     def lora_config(self, target_modules: list[str], modules_to_save: list[str] | None) -> LoraConfig:
         config = super().lora_config(target_modules, modules_to_save)

@@ -7,6 +7,7 @@ adapter so it applies to the pretrained weights (see :mod:`loralab.methods.resid
 """
 from __future__ import annotations
 
+from typing import ClassVar
 from dataclasses import dataclass
 
 from peft import LoraConfig
@@ -20,6 +21,7 @@ from loralab.methods.residual import ResidualLoRA
 class PiSSA(ResidualLoRA):
     name: str = "pissa"
     init_lora_weights: bool | str = "pissa"
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"init_lora_weights", "use_rslora", "use_dora"})
     # None → exact SVD ("pissa"); K → randomised SVD with K subspace iterations ("pissa_niter_K").
     niter: int | None = None
 

@@ -6,6 +6,7 @@ docs/methods/rslora.md#loram-mapping).
 """
 from __future__ import annotations
 
+from typing import ClassVar
 from dataclasses import dataclass
 
 from torch import nn
@@ -18,6 +19,7 @@ from loralab.methods.lora import LoRA
 class RsLoRA(LoRA):
     name: str = "rslora"
     use_rslora: bool = True
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"init_lora_weights", "use_rslora", "use_dora"})
 
     def validate(self, model: nn.Module, target_modules: list[str]) -> None:
         super().validate(model, target_modules)

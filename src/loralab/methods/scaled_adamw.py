@@ -226,6 +226,7 @@ class ScaledAdamWLoRA(LoRA):
     """LoRA (PEFT init) trained with :class:`ScaledAdamW`."""
 
     name: str = "scaled_adamw"
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"init_lora_weights", "use_rslora", "use_dora"})
     needs_whole_factors: ClassVar[str] = "its optimiser preconditions with the r×r Gram matrices of whole A and B"
     damping: float = 1e-6
     beta1: float = 0.9
@@ -233,6 +234,11 @@ class ScaledAdamWLoRA(LoRA):
     eps: float = 1e-6
     correct_bias: bool = False
     precondition_order: str = "sequential"
+
+    # costs: docs/methods/scaled_adamw.md#cost-model
+    def step_flops(self, in_features: int, out_features: int, rank: int) -> int:
+        """Gram matrices BᵀB, AAᵀ and the two preconditioned gradients, 4r²(in + out)."""
+        return 4 * rank * rank * (in_features + out_features)
 
     def validate(self, model: nn.Module, target_modules: list[str]) -> None:
         super().validate(model, target_modules)

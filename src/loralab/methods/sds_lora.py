@@ -38,7 +38,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from loralab.errors import ConfigError, NonFiniteLossError
-from loralab.methods.base import CalibrationBatches
+from loralab.methods.base import CalibrationBatches, LinearFlops
 from loralab.methods.lora import LoRA
 from loralab.methods.sds_ops import (  # noqa: F401  (orthonormal_basis, low_rank_svd: re-exported)
     FusedLowRank,
@@ -360,6 +360,29 @@ class SDSLoRA(LoRA):
     k: int = 5
     interval: int = 2
     variant: ClassVar[type[SDSLinearVariant]] = SDSLinearVariant
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"use_rslora", "use_dora"})
+    warmup_option: ClassVar[str | None] = "warmup_steps"
+
+    def in_warmup(self, model: nn.Module) -> bool:
+        layers = sds_layers(model)
+        return not (layers and all(mod.lora_variant[ad].state(mod, ad).active for _, mod, ad in layers))
+
+    # costs: docs/methods/sds_lora.md#cost-model
+    def token_flops(self, in_features: int, out_features: int, rank: int, input_grad: bool = True) -> LinearFlops:
+        """The fused rank-2r path [Q_B | B]·[A ; Q_Aᵀ]: ∂h over both halves only when the input needs a gradient
+        (else the Q_B half that ∇A needs), weight gradients for A and B only (the bases are detached)."""
+        m, n, r = out_features, in_features, rank
+        grad_h = 2 * m * (2 * r) if input_grad else 2 * m * r
+        grad_x = 2 * (2 * r) * n if input_grad else 0
+        return LinearFlops(2 * (2 * r) * (m + n), grad_h + grad_x + 2 * r * n + 2 * m * r)
+
+    def periodic_flops(self, in_features: int, out_features: int, rank: int) -> int:
+        """The basis refresh: Householder QR of B (m×r) and Aᵀ (n×r), ≈ 2r²(dim − r/3) each, counted as 2r²·dim."""
+        return 2 * rank * rank * (in_features + out_features)
+
+    def extra_memory_bytes(self, in_features: int, out_features: int, rank: int) -> float:
+        """The Q_A, Q_B buffers: fp32, the shapes of A and B."""
+        return 4.0 * self.trainable_params(in_features, out_features, rank)
 
     @property
     def scaling(self) -> float:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 
+from loralab.methods.base import LinearFlops
 from loralab.methods.sds_lora import SDSLinearVariant, SDSLoRA, low_rank_svd
 
 
@@ -74,3 +75,16 @@ class SDSOrtho(SDSLoRA):
 
     name: str = "sds_ortho"
     variant: ClassVar[type[SDSLinearVariant]] = OrthoLinearVariant
+    # nothing is cached between steps, so SDS-LoRA's refresh options do not apply
+    implicit_fields: ClassVar[frozenset[str]] = frozenset({"use_rslora", "use_dora", "refresh", "k", "interval"})
+
+    # costs: docs/methods/sds_ortho.md#cost-model
+    def token_flops(self, in_features: int, out_features: int, rank: int, input_grad: bool = True) -> LinearFlops:
+        raise NotImplementedError("sds_ortho has no FLOP model: its bases are QR factors of A and B recomputed, "
+                                  "and differentiated through, at every forward")
+
+    def periodic_flops(self, in_features: int, out_features: int, rank: int) -> int:
+        return 0
+
+    def extra_memory_bytes(self, in_features: int, out_features: int, rank: int) -> float:
+        return 0.0

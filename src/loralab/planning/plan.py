@@ -55,12 +55,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from omegaconf import DictConfig
 
 from loralab.errors import ConfigError
+from loralab.instantiate import build
 from loralab.lr_source import labelled_lr
+from loralab.methods.base import Method
 
 from loralab.planning.architectures import (ANSWER_TOKENS_PER_BATCH, ARCHITECTURES, DTYPE_BYTES, EVAL_EXAMPLES,
                                           GENERATIVE_TASK_TYPES, NUM_LABELS, TOKENS_PER_EXAMPLE, TRAIN_EXAMPLES,
@@ -109,6 +111,7 @@ class CellEstimate:
     train_hours: float | None = None
     eval_hours: float | None = None
     dispatch_bound: bool = False      # train time set by the per-layer dispatch floor, not by FLOPs
+    rank_applies: bool = True         # False for methods that train every weight (no adapter rank)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -138,20 +141,28 @@ def _seq_len(cfg: DictConfig, arch: Architecture) -> int:
     return int(max_length) if max_length else 512
 
 
-def trainable_params(arch: Architecture, method: str, rank: int, targets: Iterable[str], num_labels: int = 0,
-                     modules_to_save: Iterable[str] = ()) -> tuple[int, int]:
-    """``(trainable parameters, adapted weight elements)`` of a method on an architecture."""
-    if method == "full_ft":
-        return arch.total_params(num_labels), 0
+def adapted_shapes(arch: Architecture, targets: Iterable[str]) -> list[tuple[int, int]]:
+    """``(in_features, out_features)`` of one block's linear layers that ``targets`` names."""
     linears = arch.layer_linears()
     unknown = [t for t in targets if t not in linears]
     if unknown:
         raise ConfigError(f"target module(s) {unknown} are not linear modules of a {arch.block} block; "
                           f"known: {sorted(linears)}")
-    adapted = [shape for t in targets for shape in linears[t]]
-    per_layer = sum(rank * (a + b) for a, b in adapted)
-    if method == "dora":
-        per_layer += sum(b for _, b in adapted)  # magnitude vector per output feature
+    return [shape for t in targets for shape in linears[t]]
+
+
+def per_layer_cost(arch: Architecture, targets: Iterable[str], cost: Callable[[int, int], float]) -> float:
+    """A method's cost hook (``cost(in_features, out_features)``) summed over every adapted layer of the model."""
+    return arch.layers * sum(cost(a, b) for a, b in adapted_shapes(arch, targets))
+
+
+def trainable_params(arch: Architecture, method: Method, targets: Iterable[str], num_labels: int = 0,
+                     modules_to_save: Iterable[str] = ()) -> tuple[int, int]:
+    """``(trainable parameters, adapted weight elements)`` of a method (at its rank) on an architecture."""
+    if method.trains_base_weights:
+        return arch.total_params(num_labels), 0
+    adapted = adapted_shapes(arch, targets)
+    per_layer = sum(method.trainable_params(a, b, method.rank) for a, b in adapted)
     saved = 0
     for name in modules_to_save:
         if name == "classifier":
@@ -187,10 +198,10 @@ def _train_examples(cfg: DictConfig) -> int | None:
     return published
 
 
-def _flops_per_token(cfg: DictConfig, arch: Architecture, method: str, trainable: int, seq: int,
+def _flops_per_token(cfg: DictConfig, arch: Architecture, method: Method, trainable: int, seq: int,
                      num_labels: int) -> float:
     n_mm = arch.matmul_params(num_labels)
-    full = method == "full_ft"
+    full = method.trains_base_weights
     ckpt = bool(cfg.trainer.get("gradient_checkpointing"))
     passes = 2.0 + 2.0 + (2.0 if full else 0.0) + (2.0 if ckpt else 0.0)   # in units of N_mm FLOPs
     attention_fwd = 4.0 * seq * arch.attention_dim * arch.layers * (0.5 if arch.family == "decoder" else 1.0)
@@ -234,9 +245,10 @@ def _eval_hours(cfg: DictConfig, arch: Architecture, num_labels: int,
 
 def estimate_cell(cfg: DictConfig, overrides: Sequence[str] = (), throughput: float | None = None) -> CellEstimate:
     """Memory and GPU-hours of one composed cell (``throughput``: effective FLOP/s; default: calibrated)."""
-    method = str(cfg.method.name)
-    cell = CellEstimate(list(overrides), str(cfg.model.name), method, int(cfg.rank), str(cfg.dataset.name),
-                        int(cfg.seed), labelled_lr(cfg).describe())
+    method = build(cfg.method, _convert_="all")
+    cell = CellEstimate(list(overrides), str(cfg.model.name), str(cfg.method.name), int(cfg.rank),
+                        str(cfg.dataset.name), int(cfg.seed), labelled_lr(cfg).describe(),
+                        rank_applies=not method.trains_base_weights)
     arch = ARCHITECTURES.get(cell.model)
     if arch is None:
         cell.notes.append(f"no architecture on record for model {cell.model!r}: not estimated")
@@ -244,7 +256,8 @@ def estimate_cell(cfg: DictConfig, overrides: Sequence[str] = (), throughput: fl
     throughput = calibrate().throughput if throughput is None else throughput
     num_labels = _num_labels(cfg)
     seq = _seq_len(cfg, arch)
-    trainable, adapted = trainable_params(arch, method, cell.rank, _targets(cfg), num_labels,
+    targets = _targets(cfg)
+    trainable, adapted = trainable_params(arch, method, targets, num_labels,
                                           [str(m) for m in cfg.model.get("modules_to_save") or []])
     cell.total_params, cell.trainable_params = arch.total_params(num_labels), trainable
 
@@ -253,16 +266,13 @@ def estimate_cell(cfg: DictConfig, overrides: Sequence[str] = (), throughput: fl
     blocks, logits = _activation_bytes(cfg, arch, micro_batch, seq)
     memory = {"weights": cell.total_params * weight_bytes, "trainable_state": trainable * 16.0,
               "activations": blocks, "logits": logits, "cuda_context": float(CUDA_CONTEXT_BYTES)}
-    if method == "sds_lora":
-        memory["method_extra"] = trainable * 4.0            # Q_A, Q_B buffers (fp32), same shapes as A, B
-    elif method == "lora_pro":
-        memory["method_extra"] = adapted * 12.0             # full-size Adam m, v and equivalent gradient, fp32
-    elif method in ("lora_ga", "corda"):
-        # initialisation: full gradients of the adapted weights (LoRA-GA) / input covariances (CorDA), fp32;
-        # a transient peak before training, counted only where it exceeds the training-time state
-        init = adapted * 4.0 if method == "lora_ga" else arch.layers * 4.0 * sum(
-            a * a for t in _targets(cfg) for a, _ in arch.layer_linears()[t])
-        excess = init - (memory["trainable_state"] + blocks + logits)
+    if not method.trains_base_weights:
+        extra = per_layer_cost(arch, targets, lambda a, b: method.extra_memory_bytes(a, b, method.rank))
+        if extra:
+            memory["method_extra"] = extra
+        # a data-driven initialisation's transient peak, counted only where it exceeds the training-time state
+        excess = per_layer_cost(arch, targets, lambda a, b: method.init_memory_bytes(a, b, method.rank)) - (
+            memory["trainable_state"] + blocks + logits)
         if excess > 0:
             memory["init_peak_extra"] = excess
     cell.memory = memory
@@ -401,7 +411,7 @@ def render_plan(result: Plan, conf_dir: Path = CONF_DIR) -> str:
         extra = [o for o in c.overrides if o.split("=", 1)[0].lstrip("+~") not in grouped]
         memory = c.memory_bytes
         lines.append("| " + " | ".join([
-            str(n), c.model, c.method, "—" if c.method == "full_ft" else str(c.rank), c.dataset, str(c.seed),
+            str(n), c.model, c.method, str(c.rank) if c.rank_applies else "—", c.dataset, str(c.seed),
             " ".join(extra) or "—", c.lr, _fmt_count(c.total_params), _fmt_count(c.trainable_params),
             _fmt(None if memory is None else memory / GIB, 1), "?" if c.gpus is None else str(c.gpus),
             _fmt(c.train_hours) + ("*" if c.dispatch_bound else ""), _fmt(c.eval_hours), _fmt(c.gpu_hours)]) + " |")
