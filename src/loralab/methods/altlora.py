@@ -60,15 +60,17 @@ class AltLoRAOptimizer(PairOptimizer):
         self,
         model: nn.Module,
         lr: float,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-4,
-        damping: float = 1e-5,
-        alter_freq: int = 1,
-        alternate: bool = True,
-        variant: str = "altlora",
-        freeze_inactive: bool = True,
+        *,
+        weight_decay: float,
+        betas: tuple[float, float],
+        eps: float,
+        damping: float,
+        alter_freq: int,
+        alternate: bool,
+        variant: str,
+        freeze_inactive: bool,
     ) -> None:
+        """Every option comes from the method's config; its defaults are :class:`AltLoRA`'s fields."""
         check_alt_options(damping, alter_freq, variant)
         defaults = dict(
             betas=tuple(betas), eps=eps, damping=damping, alter_freq=alter_freq, alternate=alternate,
@@ -167,8 +169,8 @@ class AltLoRA(LoRA):
     variant: str = "altlora"
     beta1: float = 0.9
     beta2: float = 0.999
-    eps: float = 1e-4
-    damping: float = 1e-5
+    eps: float = 1e-4  # reference default; used by altlora_plus only
+    damping: float = 1e-5  # δ in (BᵀB + δI)⁻¹, (AAᵀ + δI)⁻¹; reference default
     alter_freq: int = 1
     alternate: bool = True
     freeze_inactive: bool = True

@@ -87,12 +87,14 @@ class LoRAProAdamW(PairOptimizer):
         self,
         model: nn.Module,
         lr: float,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        damping: float = 1e-8,
-        x_choice: str = "sylvester",
+        *,
+        weight_decay: float,
+        betas: tuple[float, float],
+        eps: float,
+        damping: float,
+        x_choice: str,
     ) -> None:
+        """Every option comes from the method's config; its defaults are :class:`LoRAPro`'s fields."""
         check_pro_options(damping, x_choice)
         super().__init__(model, lr, weight_decay, dict(betas=tuple(betas), eps=eps, damping=damping, x_choice=x_choice))
 
@@ -143,7 +145,7 @@ class LoRAPro(LoRA):
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
-    damping: float = 1e-8
+    damping: float = 1e-8  # inverses are pinv(M + damping·I), as the reference
     x_choice: str = "sylvester"
 
     # costs: docs/methods/lora_pro.md#cost-model

@@ -184,13 +184,15 @@ class ScaledAdamW(PairOptimizer):
         self,
         model: nn.Module,
         lr: float,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        damping: float = 1e-6,
-        correct_bias: bool = False,
-        precondition_order: str = "sequential",
+        *,
+        weight_decay: float,
+        betas: tuple[float, float],
+        eps: float,
+        damping: float,
+        correct_bias: bool,
+        precondition_order: str,
     ) -> None:
+        """Every option comes from the method's config; its defaults are :class:`ScaledAdamWLoRA`'s fields."""
         check_scaled_options(damping, precondition_order)
         defaults = dict(
             betas=tuple(betas), eps=eps, damping=damping, correct_bias=correct_bias,
@@ -228,11 +230,11 @@ class ScaledAdamWLoRA(LoRA):
     name: str = "scaled_adamw"
     implicit_fields: ClassVar[frozenset[str]] = frozenset({"init_lora_weights", "use_rslora", "use_dora"})
     needs_whole_factors: ClassVar[str] = "its optimiser preconditions with the r×r Gram matrices of whole A and B"
-    damping: float = 1e-6
+    damping: float = 1e-6  # δ = the reference's optimizer_reg (its Mistral GLUE runs tune it per task, 1e-6..100)
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-6
-    correct_bias: bool = False
+    correct_bias: bool = False  # reference default: no Adam bias correction
     precondition_order: str = "sequential"
 
     # costs: docs/methods/scaled_adamw.md#cost-model
