@@ -347,8 +347,13 @@ def test_trainable_parameter_count(name: str, key: str) -> None:
         expected += sum(
             p.numel() for n, mod in base.named_modules() if n.rsplit(".", 1)[-1] in wanted for p in mod.parameters()
         )
-    _, model = prepared(name, key)
+    method, model = prepared(name, key)
     assert count_trainable(model) == expected
+    if not method.trains_base_weights:  # the planner's count (Method.trainable_params) is what PEFT trains
+        heads = expected - expect.adapter_params(base, case, RANK)
+        layers = matching_linears(base, case.targets).values()
+        hook = sum(method.trainable_params(m.in_features, m.out_features, method.rank) for m in layers)
+        assert count_trainable(model) == hook + heads
 
 
 def test_registry_covers_every_method_yaml() -> None:

@@ -219,6 +219,11 @@ class Method:
         Adam m and v): cached buffers, optimiser state of another shape."""
         return 0.0
 
+    def shared_memory_bytes(self, layers: Sequence[tuple[int, int]], rank: int) -> float:
+        """Training-time bytes held once for the whole model rather than per layer (e.g. projections every adapted
+        layer shares), given the ``(in_features, out_features)`` of all adapted layers."""
+        return 0.0
+
     def init_memory_bytes(self, in_features: int, out_features: int, rank: int) -> float:
         """Transient bytes of one layer while the initialisation runs (before training): full gradients,
         activation covariances."""

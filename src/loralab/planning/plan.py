@@ -268,6 +268,7 @@ def estimate_cell(cfg: DictConfig, overrides: Sequence[str] = (), throughput: fl
               "activations": blocks, "logits": logits, "cuda_context": float(CUDA_CONTEXT_BYTES)}
     if not method.trains_base_weights:
         extra = per_layer_cost(arch, targets, lambda a, b: method.extra_memory_bytes(a, b, method.rank))
+        extra += method.shared_memory_bytes(adapted_shapes(arch, targets) * arch.layers, method.rank)
         if extra:
             memory["method_extra"] = extra
         # a data-driven initialisation's transient peak, counted only where it exceeds the training-time state
