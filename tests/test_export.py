@@ -33,7 +33,8 @@ from test_conformance import METHODS, MODELS, calibration_for, make_nontrivial, 
 TARGETS = ["q_proj", "v_proj", "up_proj"]
 ATOL, RTOL = 3e-5, 1e-4
 BATCH = MODELS["llama"].batch(7)
-README_ROW = re.compile(r"^\| `(\w+)` \| (.+?) \| (.+?) \| (.+?) \|$")
+# a row of the method index: page, method, paper, what it changes, then the three export formats
+INDEX_ROW = re.compile(r"^\| \[(\w+)\.md\]\(\1\.md\) \| .+? \| .+? \| .+? \| (.+?) \| (.+?) \| (.+?) \|$")
 
 
 @pytest.fixture(scope="module")
@@ -68,19 +69,18 @@ def finished_run(tmp_path: Path, base_dir: Path, name: str, rank: int = 8) -> tu
     return run, trained
 
 
-def readme_rows() -> dict[str, tuple[str, str, str]]:
-    """Rows of the export table in the README's "Sharing and serving a run" section (other sections have
-    per-method tables of their own)."""
+def index_rows() -> dict[str, tuple[str, str, str]]:
+    """The export formats per method in the method index (docs/methods/README.md), where each method's row
+    lives with the rest of what the index says about it."""
     rows = {}
-    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Sharing and serving a run\n")[1]
-    for line in section.split("\n## ")[0].splitlines():
-        if match := README_ROW.match(line):
+    for line in (ROOT / "docs" / "methods" / "README.md").read_text(encoding="utf-8").splitlines():
+        if match := INDEX_ROW.match(line):
             rows[match[1]] = (match[2].strip(), match[3].strip(), match[4].strip())
     return rows
 
 
 def documented_formats(run: Path, rank: int) -> tuple[str, str, str]:
-    """The README's cells for this run's method, derived from what its saved adapter is."""
+    """The method index's export cells for this run's method, derived from what its saved adapter is."""
     config_file = run / "adapter" / ADAPTER_CONFIG
     if not config_file.is_file():
         return "✗ no adapter", "✓", "✗ no adapter"
@@ -109,8 +109,8 @@ def test_merged_export_is_the_trained_model(name: str, tmp_path: Path, base_dir:
     record = json.loads((out / EXPORT_RECORD).read_text())
     assert record["format"] == "merged" and record["run"]["name"] == run.name
 
-    # the README's export table says what this method's adapter is
-    assert readme_rows().get(name) == documented_formats(run, 8), f"README export table row for {name}"
+    # the method index says what this method's adapter exports to
+    assert index_rows().get(name) == documented_formats(run, 8), f"{name}: export columns in docs/methods/README.md"
 
 
 # -------------------------------------------------------------------------------------------------- peft
