@@ -198,6 +198,9 @@ METHODS: dict[str, Expect] = {
     # AltLoRA (not "+") has no second moment: its step is lr × the r×r-preconditioned momentum, gradient-descent
     # sized rather than Adam's ≈ lr per entry, so the Adam-scale 1e-2 barely moves the tiny models in 6 steps.
     "altlora": Expect(lr=0.2),
+    # VeRA trains only the vectors b (out) and d (rank) per layer; its update b·B·d·A is tiny at first
+    "vera": Expect(lr=0.1, adapter_params=lambda base, case, rank: sum(
+        m.out_features + rank for m in matching_linears(base, case.targets).values())),
 }
 
 PAIRS = [pytest.param(m, k, id=f"{m}-{k}") for m in METHODS for k in MODELS]
