@@ -143,3 +143,35 @@ def test_effective_config_adds_exactly_the_dataclass_defaults() -> None:
 
 def test_method_has_no_extra_field() -> None:
     assert not hasattr(Method(), "extra")
+
+
+# ------------------------------------------------------------------------------------------- hooks documented
+COST_HOOKS = ("trainable_params", "token_flops", "step_flops", "periodic_flops", "extra_memory_bytes",
+              "shared_memory_bytes", "init_memory_bytes")
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_every_cost_override_cites_its_page(name: str) -> None:
+    """A method that states a cost other than LoRA's says where the formula comes from on its page."""
+    _, cls = method_node(name)
+    overridden = [h for h in COST_HOOKS if getattr(cls, h) is not getattr(Method, h)]
+    if cls.trains_base_weights:
+        overridden.append("trains_base_weights")
+    page = (ROOT / "docs" / "methods" / f"{name}.md").read_text(encoding="utf-8")
+    if overridden:
+        assert "\n## Cost model\n" in page, f"{name} overrides {overridden}: docs/methods/{name}.md needs a Cost model"
+
+
+def test_vera_hooks_match_what_peft_builds() -> None:
+    """VeRA's trainable vectors and its shared projections, as PEFT allocates them on a tiny Llama."""
+    from loralab.methods.base import count_trainable, matching_linears
+    from loralab.methods.vera import VeRA
+    from loralab.models.tiny import tiny_llama
+
+    base, targets = tiny_llama(seed=0), ["q_proj", "v_proj", "up_proj", "down_proj"]
+    shapes = [(m.in_features, m.out_features) for m in matching_linears(base, targets).values()]
+    method = VeRA(rank=4)
+    model = method.prepare(base, targets)
+    assert count_trainable(model) == sum(method.trainable_params(a, b, 4) for a, b in shapes)
+    shared = {id(t): t for n, t in model.named_buffers() if "vera_A" in n or "vera_B" in n}
+    assert sum(4 * t.numel() for t in shared.values()) == method.shared_memory_bytes(shapes, 4)

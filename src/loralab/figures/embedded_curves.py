@@ -98,15 +98,17 @@ def train_run(method: str, seed: int, results_dir: Path, interval: int = 0, max_
     loss, diag_rec = _read_steps(RunDir.for_config(cfg).path / "steps.jsonl")
     diag_steps = sorted(diag_rec)
     labelled = labelled_lr(cfg)
+    built = build(cfg.method, _convert_="all")
     out: dict[str, Any] = {
         "method": method,
         "seed": seed,
         "learning_rate": float(cfg.trainer.learning_rate),
         "lr_label": labelled.label,
         "batch": int(cfg.trainer.per_device_train_batch_size),
-        "scaling": float(build(cfg.method, _convert_="all").scaling),
+        "scaling": float(built.scaling),
         "rank": int(cfg.rank),
-        "warmup_steps": int(cfg.method.get("warmup_steps", 0) or 0),  # SDS: plain-LoRA steps before the SVD
+        # plain-LoRA steps before the method's own update (SDS-LoRA: before the SVD); 0 for the others
+        "warmup_steps": int(getattr(built, built.warmup_option)) if built.warmup_option else 0,
         "lr_warmup_steps": int(cfg.trainer.warmup_steps),
         "steps": int(metrics["train"]["steps"]),
         "seconds": seconds,

@@ -11,7 +11,7 @@ A method is one class (instantiated by Hydra from ``conf/method/<name>.yaml``) t
 * write its trained weights as safetensors (``save``), put them back on a fresh pretrained model (``load``) and
   fold them into the base model (``merge``),
 * state its cost per adapted linear layer (``in_features`` → ``out_features`` at ``rank``), which the planner
-  (``tables/plan.py``), the overhead benchmark (``benchmarking/``) and the diagnostics read instead of knowing
+  (``planning/plan.py``), the overhead benchmark (``benchmarking/``) and the diagnostics read instead of knowing
   methods by name: trainable parameters (``trainable_params``), matrix FLOPs per token of a training step
   (``token_flops``), per step (``step_flops``) and of periodic work outside the step (``periodic_flops``), memory
   beyond the trainable parameters' weights, gradients and Adam state (``extra_memory_bytes``) and the transient

@@ -10,16 +10,18 @@ estimate sees the cell's actual model, method, rank, data set, trainer and evalu
 
 **Parameters** come from the architecture of each hub model (the numbers of its ``config.json``, kept in
 :data:`loralab.planning.architectures.ARCHITECTURES`; e.g. LLaMA3-8B has 8,030,261,248 parameters), trainable
-parameters from the method's target modules and rank (``r·(d_in + d_out)`` per adapted matrix).
+parameters from the method's target modules and its ``Method.trainable_params`` per adapted matrix (LoRA:
+``r·(d_in + d_out)``). Everything method-specific below is the method's own cost hook (``loralab.methods.base``).
 
 **Memory** (one GPU, nothing sharded)::
 
     weights            N · bytes(model.dtype)                     (bf16: 2 B)
     trainable state    T · (4 fp32 master + 4 grad + 8 Adam m, v) = 16 B per trainable parameter
                        (full FT counted the same way: mixed precision with an fp32 master copy)
-    method extras      SDS-LoRA's Q_A/Q_B buffers, DoRA's magnitudes (in T), LoRA-Pro's full-size Adam
-                       moments and equivalent gradient (12 B per adapted weight element), LoRA-GA's full
-                       weight gradients and CorDA's covariances at initialisation (a transient peak)
+    method extras      ``extra_memory_bytes`` per adapted layer + ``shared_memory_bytes`` once: SDS-LoRA's
+                       Q_A/Q_B buffers, LoRA-Pro's full-size Adam moments and equivalent gradient (12 B per
+                       adapted weight element), VeRA's shared projections; ``init_memory_bytes``: LoRA-GA's
+                       full weight gradients and CorDA's covariances at initialisation (a transient peak)
     activations        with gradient checkpointing: every layer's input (b·s·h) + one layer's saved tensors;
                        without: all layers' saved tensors. Saved elements per token per layer:
                        decoder 8h + 2·kv_dim + 4i (SwiGLU), encoder 8h + 2i (+ 3·heads·s for DeBERTa's eager
