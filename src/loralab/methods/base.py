@@ -14,8 +14,8 @@ A method is one class (instantiated by Hydra from ``conf/method/<name>.yaml``) t
   (``planning/plan.py``), the overhead benchmark (``benchmarking/``) and the diagnostics read instead of knowing
   methods by name: trainable parameters (``trainable_params``), matrix FLOPs per token of a training step
   (``token_flops``), per step (``step_flops``) and of periodic work outside the step (``periodic_flops``), memory
-  beyond the trainable parameters' weights, gradients and Adam state (``extra_memory_bytes``) and the transient
-  peak of a data-driven initialisation (``init_memory_bytes``).
+  beyond the trainable parameters' weights, gradients and Adam state (``extra_memory_bytes``; held once per model:
+  ``shared_memory_bytes``) and the transient peak of a data-driven initialisation (``init_memory_bytes``).
 
 The defaults are those of a plain LoRA-shaped adapter (``s·B·A`` on a frozen base, trained by AdamW); a method
 overrides only the hooks where it differs, citing the formula's source in ``docs/methods/<name>.md``. The runner
@@ -261,7 +261,10 @@ class Method:
 def method_class(target: str) -> type[Method]:
     """The ``Method`` subclass a config's ``_target_`` names."""
     module, _, name = target.rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None)
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError as err:
+        raise ConfigError(f"method._target_={target!r} cannot be imported ({err})") from None
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise ConfigError(f"method._target_={target!r} is not a loralab Method subclass")
     return cls

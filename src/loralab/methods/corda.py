@@ -11,8 +11,8 @@ Saving converts to a plain LoRA on the pretrained weights (see :class:`ResidualL
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model

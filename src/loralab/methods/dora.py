@@ -6,8 +6,8 @@ all of this; the saved adapter holds m next to A and B.
 """
 from __future__ import annotations
 
-from typing import ClassVar
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 

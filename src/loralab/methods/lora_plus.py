@@ -7,8 +7,8 @@ as PEFT does, every trainable 1-D parameter such as biases) in a group with lr·
 """
 from __future__ import annotations
 
-from typing import ClassVar
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from peft.optimizers import create_loraplus_optimizer

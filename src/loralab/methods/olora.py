@@ -6,8 +6,8 @@ saving converts to a plain LoRA on the pretrained weights (see :class:`ResidualL
 """
 from __future__ import annotations
 
-from typing import ClassVar
 from dataclasses import dataclass
+from typing import ClassVar
 
 from peft import LoraConfig
 

@@ -7,8 +7,8 @@ adapter so it applies to the pretrained weights (see :mod:`loralab.methods.resid
 """
 from __future__ import annotations
 
-from typing import ClassVar
 from dataclasses import dataclass
+from typing import ClassVar
 
 from peft import LoraConfig
 from torch import nn

@@ -6,8 +6,8 @@ docs/methods/rslora.md#loram-mapping).
 """
 from __future__ import annotations
 
-from typing import ClassVar
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
