@@ -19,10 +19,10 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("entry", frozenset({"export", "hydra_callbacks", "sweep_progress"})),
     ("recipe", frozenset({"runner", "tuning", "figures"})),
     ("components", frozenset({"training", "evaluation", "tables", "planning", "reports", "diagnostics",
-                              "benchmarking", "tracking", "validation", "lr_source"})),
+                              "benchmarking", "tracking", "validation", "lr_source", "rundir"})),
     ("data", frozenset({"data"})),
     ("methods and models", frozenset({"methods", "models"})),
-    ("base", frozenset({PACKAGE, "errors", "io", "instantiate", "checksums", "distributed", "rundir",
+    ("base", frozenset({PACKAGE, "errors", "io", "instantiate", "checksums", "distributed",
                         "provenance", "markup", "synthetic"})),
 )
 RANK = {unit: rank for rank, (_, units) in enumerate(LAYERS) for unit in units}

@@ -20,7 +20,7 @@ from loralab.benchmarking.trainees import method_node
 from loralab.instantiate import build
 from loralab.methods.base import Method, effective_config
 from loralab.rundir import config_hash
-from loralab.tables import plan
+from loralab.planning import plan
 from loralab.tables.grid import compose
 
 ROOT = Path(__file__).resolve().parents[1]
