@@ -32,7 +32,7 @@ CASES = [
     (["method=lora_plus", "method.loraplus_lr_ratio=0"], ConfigError, ["loraplus_lr_ratio"]),
     (["method=sds_lora", "+method.use_dora=true"], ConfigError, ["dora"]),
     (["eval.tasks.0.type=ranking"], ConfigError, ["ranking", "generate", "classify"]),
-    (["eval.tasks.0.normalizer=fuzzy"], ConfigError, ["fuzzy", "number"]),
+    (["eval.tasks.0.filters.1.how=fuzzy"], ConfigError, ["fuzzy", "number"]),
     # needs the model (128 positions): caught after loading it, still before anything is trained or written
     (["eval.engine=lm_eval", "eval.tasks.0.max_new_tokens=200"], ConfigError, ["max_new_tokens=200", "128 positions"]),
     # the seed: an integer in numpy's seeding range
@@ -156,6 +156,8 @@ CLI_CASES = {  # what a user types → a phrase of the one-line error
     "trainer.learning_rate=nan": "trainer.learning_rate=nan",
     "trainer.max_steps=-5": "trainer.max_steps=-5",
     "seed=abc": "seed='abc'",
+    "eval.tasks.0.type=ranking": "type='ranking'; valid types: ['classify', 'code', 'generate'",
+    "eval.tasks.0.filters.0.function=lowercase": "function='lowercase'; valid filters: ['normalize', 'regex']",
     "eval.tasks.0.prompt_template='Q: {query}'": "'query'",  # found after the model and data are loaded
 }
 

@@ -216,7 +216,7 @@ def test_suite_checks_name_the_bad_value() -> None:
     with pytest.raises(ConfigError, match=r"eval\.allow_code_execution=true"):
         check_suite(code)
     for overrides, phrase in [(("eval.tasks.0.compare=fuzzy",), "compare='fuzzy'"),
-                              (("eval.tasks.0.occurrence=middle",), "occurrence='middle'"),
+                              (("eval.tasks.0.filters.0.occurrence=middle",), "occurrence='middle'"),
                               (("eval.tasks.0.metric=bleu",), "metric='bleu'"),
                               (("eval.tasks.0.num_beams=0",), "num_beams=0")]:
         with pytest.raises(ConfigError, match=phrase):

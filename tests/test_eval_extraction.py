@@ -14,7 +14,7 @@ import pytest
 from conftest import compose
 from loralab.data.code import humaneval_records, mbpp_records
 from loralab.data.mathqa import math_records
-from loralab.evaluation.evaluator import build_prompt, score_answers, score_code
+from loralab.evaluation.checks import check_suite
 from loralab.evaluation.extraction import (
     extract_code,
     last_boxed,
@@ -28,12 +28,12 @@ DATA = Path(__file__).parent / "fixtures" / "data"
 
 
 def _task(suite_overrides: tuple[str, ...], name: str):
-    cfg = compose(*suite_overrides)
-    return next(t for t in cfg.eval.tasks if t.name == name)
+    """The suite's task as its type (generate, code) reads it."""
+    return next(t for t in check_suite(compose(*suite_overrides).eval) if t.name == name)
 
 
 def _verdicts(task, records, generations):
-    samples, extras = score_answers(task, records, [""] * len(records), generations)
+    samples, extras = task.score(records, [""] * len(records), generations)
     return [s["correct"] for s in samples], [s["extracted"] for s in samples], samples, extras
 
 
@@ -63,14 +63,14 @@ def test_gsm8k_metamath_protocol(generation: str, extracted: str | None, correct
 
 def test_gsm8k_prompt_is_the_training_prompt_plus_metamaths_cue() -> None:
     cfg = compose("dataset=metamathqa")
-    (task, _) = cfg.eval.tasks
-    prompt = build_prompt(task, {"query": "How many?"})
+    task = _task(("dataset=metamathqa",), "gsm8k")
+    prompt = task.prompt({"query": "How many?"})
     assert prompt == cfg.dataset.prompt_template.format(query="How many?") + " Let's think step by step."
 
 
 def test_gsm8k_stop_strings_cut_a_runaway_generation() -> None:
     task = _task(("dataset=metamathqa",), "gsm8k")
-    text = truncate_at_stop("2*9=18. The answer is: 18\n\n### Instruction:\nThe answer is: 5", list(task.stop))
+    text = truncate_at_stop("2*9=18. The answer is: 18\n\n### Instruction:\nThe answer is: 5", task.stop)
     assert _verdicts(task, [GSM8K_GOLD], [text])[0] == [True]
 
 
@@ -107,7 +107,7 @@ MATH_CASES = [  # (row, generation, verdict under is_equiv (paper), verdict unde
 def test_math_metamath_protocol_and_its_math_verify_variant(row: int, generation: str, paper: bool,
                                                              corrected: bool) -> None:
     task = _task(("dataset=metamathqa",), "math")
-    assert task.compare == "is_equiv"
+    assert task.cfg.compare == "is_equiv"
     assert _verdicts(task, [_math_records()[row]], [generation])[0] == [paper]
     variant = _task(("dataset=metamathqa", "eval=metamathqa_mathverify"), "math")
     verdicts, _, samples, extras = _verdicts(variant, [_math_records()[row]], [generation])
@@ -163,10 +163,10 @@ def test_commonsense_llm_adapters_first_keyword(name: str) -> None:
 
 def test_commonsense_prompt_is_the_alpaca_layout_around_the_instruction() -> None:
     task = _task(("dataset=commonsense170k",), "boolq")
-    prompt = build_prompt(task, {"instruction": "Q?", "input": ""})
+    prompt = task.prompt({"instruction": "Q?", "input": ""})
     assert prompt.endswith("### Instruction:\n                Q?\n\n                ### Response:\n                ")
     assert "paired with an input" not in prompt
-    with_input = build_prompt(task, {"instruction": "Q?", "input": "ctx"})
+    with_input = task.prompt({"instruction": "Q?", "input": "ctx"})
     assert "paired with an input" in with_input
     assert "### Input:\n                ctx\n\n                ### Response:\n                " in with_input
 
@@ -193,11 +193,11 @@ def test_mbpp_pass_at_1_through_the_sandbox() -> None:
     task = _task(("dataset=code_feedback", "eval.allow_code_execution=true"), "mbpp")
     rows = mbpp_records(path=str(DATA / "mbpp.jsonl"))
     generations = [MBPP_GENERATIONS[str(r["task_id"])][0] for r in rows]
-    samples, extras = score_code(task, rows, [build_prompt(task, r) for r in rows], generations, True)
+    samples, extras = task.score(rows, [task.prompt(r) for r in rows], generations)
     assert [s["correct"] for s in samples] == [MBPP_GENERATIONS[str(r["task_id"])][1] for r in rows]
     assert [s["verdict"] for s in samples] == ["passed", "failed", "failed"]
     assert extras["allow_code_execution"] is True and extras["n_passed"] == 1
-    assert "assert add_two(1, 2) == 3" in build_prompt(task, rows[0])  # the prompt shows the tests
+    assert "assert add_two(1, 2) == 3" in task.prompt(rows[0])  # the prompt shows the tests
 
 
 def test_humaneval_full_definitions_and_body_continuations_both_run() -> None:
@@ -207,10 +207,10 @@ def test_humaneval_full_definitions_and_body_continuations_both_run() -> None:
         "```python\ndef double(x: int) -> int:\n    return x + x\n```",   # full definition after the prompt
         "    return sum(values)\n",                                           # continuation of the prompt's body
     ]
-    samples, _ = score_code(task, rows, [""] * 2, generations, True)
+    samples, _ = task.score(rows, [""] * 2, generations)
     assert [s["correct"] for s in samples] == [True, True]
     wrong = ["```python\ndef double(x):\n    return x * x\n```", "```python\nprint('no function')\n```"]
-    samples, _ = score_code(task, rows, [""] * 2, wrong, True)
+    samples, _ = task.score(rows, [""] * 2, wrong)
     assert [s["correct"] for s in samples] == [False, False]
-    prompt = build_prompt(task, rows[0])
+    prompt = task.prompt(rows[0])
     assert "Create a Python script for this problem:\ndef double" in prompt and prompt.endswith("### Response:")

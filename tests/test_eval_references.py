@@ -15,7 +15,8 @@ import pytest
 from conftest import compose
 from loralab.data.commonsense import commonsense_records
 from loralab.data.text import render, render_prompt
-from loralab.evaluation.evaluator import build_prompt, score_answers
+from loralab.evaluation.checks import check_suite
+from loralab.evaluation.tasks.generative import build_prompt
 from loralab.evaluation.math_equiv import is_equiv, math_equal
 
 # ------------------------------------------------------------------------------------------ commonsense
@@ -168,21 +169,22 @@ METAMATH_STOPS = ["Question:", "Question", "USER:", "USER", "ASSISTANT:", "ASSIS
 
 
 def _tasks(*overrides: str) -> dict:
-    return {t.name: t for t in compose("dataset=metamathqa", *overrides).eval.tasks}
+    """The MetaMath suite's tasks as their type reads them."""
+    return {t.name: t for t in check_suite(compose("dataset=metamathqa", *overrides).eval)}
 
 
 def test_metamath_prompt_stop_strings_and_token_budgets() -> None:
     tasks = _tasks()
     for name, budget in (("gsm8k", 512), ("math", 2048)):
-        assert list(tasks[name].stop) == METAMATH_STOPS
-        assert tasks[name].max_new_tokens == budget and tasks[name].num_beams == 1
-        assert build_prompt(tasks[name], {"query": "What is 1+1?"}) == (
+        assert tasks[name].stop == METAMATH_STOPS
+        assert tasks[name].cfg.max_new_tokens == budget and tasks[name].num_beams == 1
+        assert tasks[name].prompt({"query": "What is 1+1?"}) == (
             "Below is an instruction that describes a task. Write a response that appropriately completes the "
             "request.\n\n### Instruction:\nWhat is 1+1?\n\n### Response: Let's think step by step.")
 
 
 def _verdict(task, gold_row: dict, generation: str) -> tuple[str | None, bool]:
-    samples, _ = score_answers(task, [gold_row], [""], [generation])
+    samples, _ = task.score([gold_row], [""], [generation])
     return samples[0]["extracted"], samples[0]["correct"]
 
 
@@ -306,19 +308,16 @@ def test_exported_task_gives_loralabs_verdicts_through_the_harness(case: str, tm
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from loralab.evaluation.evaluator import gold_answer
-    from loralab.evaluation.lm_eval_filters import AnswerFilter
     from loralab.evaluation.lm_eval_generate import write_generate_task
 
     overrides, name, rows, generations = EXPORTS[case]
-    task = next(t for t in compose("dataset=metamathqa", *overrides).eval.tasks if t.name == name)
-    samples, _ = score_answers(task, rows, [""] * len(rows), generations)
+    task = next(t for t in check_suite(compose("dataset=metamathqa", *overrides).eval) if t.name == name)
+    samples, _ = task.score(rows, [""] * len(rows), generations)
     expected = [s["correct"] for s in samples]
     assert any(expected) and not all(expected)
-    reading = AnswerFilter.from_task(task)
+    reading = task.harness_reading()
     contexts = [f"prompt {i}" for i in range(len(rows))]
-    targets = [reading.target(gold_answer(task, r)) for r in rows]
-    write_generate_task(tmp_path / name, f"loralab_{case}", contexts, targets,
+    write_generate_task(tmp_path / name, f"loralab_{case}", contexts, task.harness_targets(rows),
                         {"until": [], "max_gen_toks": 8, "do_sample": False}, reading)
     output = simple_evaluate(model=_ReplayLM(dict(zip(contexts, generations))), tasks=[f"loralab_{case}"],
                              task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),

@@ -22,7 +22,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ROOT
-from loralab.evaluation.evaluator import build_prompt, load_suite_records, score_answers
+from loralab.evaluation.checks import check_suite
+from loralab.evaluation.evaluator import load_suite_records
 from loralab.evaluation.extraction import truncate_at_stop
 from loralab.evaluation.metrics import mean_and_stderr
 from loralab.io import read_json
@@ -71,13 +72,13 @@ def test_lm_eval_cli_on_the_merged_export_reproduces_the_run(tmp_path: Path) -> 
     cli = sorted((json.loads(line) for line in samples_file.read_text().splitlines()), key=lambda s: s["doc_id"])
 
     ours = [json.loads(line) for line in (run_dir / "samples" / f"{TASK}.jsonl").read_text().splitlines()]
-    task = cfg.eval.tasks[0]
-    cli_generations = [truncate_at_stop(str(s["resps"][0][0]), list(task.get("stop") or [])) for s in cli]
+    (task,) = check_suite(cfg.eval)
+    cli_generations = [truncate_at_stop(str(s["resps"][0][0]), task.stop) for s in cli]
     assert len(cli_generations) == len(ours) == metrics["eval"]["tasks"][TASK]["n"] == 16
     assert cli_generations == [s["generation"] for s in ours]
 
     records = load_suite_records(cfg.eval)[TASK]
-    samples, _ = score_answers(task, records, [build_prompt(task, r) for r in records], cli_generations)
+    samples, _ = task.score(records, [task.prompt(r) for r in records], cli_generations)
     score, stderr = mean_and_stderr([s["correct"] for s in samples])
     assert score == metrics["eval"]["tasks"][TASK]["exact_match"]
     assert stderr == metrics["eval"]["tasks"][TASK]["exact_match_stderr"]

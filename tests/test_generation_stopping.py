@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteriaLi
 
 from conftest import compose
 from loralab.synthetic.arithmetic import ALPHABET
-from loralab.evaluation.evaluator import build_prompt, evaluate_suite, load_suite_records
+from loralab.evaluation.evaluator import evaluate_suite, load_suite_records
 from loralab.evaluation.extraction import truncate_at_stop
 from loralab.evaluation.generation import (
     StopAtStrings,
@@ -23,6 +23,7 @@ from loralab.evaluation.generation import (
     left_padded_batch,
     length_batches,
 )
+from loralab.evaluation.tasks.generative import build_prompt
 from loralab.models.embedded_lm import char_tokenizer, pretrained_tiny_lm
 from loralab.models.tiny import tiny_llama
 

@@ -61,6 +61,12 @@ class DamagedRunError(LoralabError):
 class RunLockedError(LoralabError):
     """Another live process holds the run directory."""
 
+# A generate task's answer reading is a filter chain (``filters:``). A chain of one ``regex`` and one
+# ``normalize`` step reads exactly what the four keys it replaced read, so it is hashed as those keys: runs
+# declared before the chain keep their hashes and directories. Any other chain is hashed as written.
+_LEGACY_READING = {"regex": {"pattern": "answer_pattern", "occurrence": "occurrence", "fallback": "fallback"},
+                   "normalize": {"how": "normalizer"}}
+
 
 def config_hash(cfg: DictConfig, processes: int | None = None) -> str:
     """Hash of what the run computes: the resolved config without :data:`NON_SEMANTIC_KEYS`, plus, for a
@@ -73,12 +79,31 @@ def config_hash(cfg: DictConfig, processes: int | None = None) -> str:
     semantic = {k: v for k, v in resolved.items() if k not in NON_SEMANTIC_KEYS}
     if isinstance(semantic.get("method"), dict):
         semantic["method"] = effective_config(semantic["method"])
+    if isinstance(semantic.get("eval"), dict) and isinstance(semantic["eval"].get("tasks"), list):
+        semantic["eval"] = {**semantic["eval"], "tasks": [_hashed_task(t) for t in semantic["eval"]["tasks"]]}
     processes = world_size() if processes is None else processes
     if processes > 1:  # per-device batch 4 on 2 processes is batch 8: another run than batch 4 alone
         semantic["launch"] = {"world_size": processes,
                               "global_train_batch": global_train_batch(resolved.get("trainer") or {}, processes)}
     payload = json.dumps(semantic, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+def _hashed_task(task: Any) -> Any:
+    """An eval task as hashed: a ``[regex, normalize]`` filter chain as its legacy keys (:data:`_LEGACY_READING`)."""
+    chain = task.get("filters") if isinstance(task, dict) else None
+    if not isinstance(chain, list) or [s.get("function") if isinstance(s, dict) else None for s in chain] != \
+            list(_LEGACY_READING):
+        return task
+    legacy: dict[str, Any] = {}
+    for step in chain:
+        keys = _LEGACY_READING[step["function"]]
+        if not set(step) - {"function"} <= set(keys):
+            return task  # a parameter the legacy keys had no place for
+        legacy.update({keys[k]: v for k, v in step.items() if k != "function"})
+    if set(legacy) & set(task):
+        return task
+    return {**{k: v for k, v in task.items() if k != "filters"}, **legacy}
 
 
 @dataclass

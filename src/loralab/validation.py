@@ -190,19 +190,16 @@ def check_template_syntax(cfg: DictConfig) -> None:
 
 
 def check_templates_fill(suite: DictConfig, records: Mapping[str, Sequence[dict[str, Any]]]) -> None:
-    """Each generative task's prompt (and gold answer) built from its first record, as the evaluator will."""
-    from loralab.evaluation.checks import GENERATIVE_TYPES
-    from loralab.evaluation.evaluator import build_prompt, gold_answer
+    """Each task builds its prompt (and gold answer) from its first record, as the evaluator will."""
+    from loralab.evaluation.tasks import suite_tasks
 
-    for i, task in enumerate(suite.tasks):
+    for i, task in enumerate(suite_tasks(suite)):
         rows = records.get(task.name)
-        if task.type not in GENERATIVE_TYPES or not rows:
+        if not rows:
             continue
         first = dict(rows[0])
         try:
-            build_prompt(task, first)
-            if task.type == "generate":
-                gold_answer(task, first)
+            task.check_record(first)
         except KeyError as err:
             raise ConfigError(
                 f"eval task {task.name}: its template or answer_field uses the field {err.args[0]!r}, which its "

@@ -208,7 +208,8 @@ def compare_paths(model: nn.Module, tokenizer: Any, prompts: list[str], max_new_
 
 def _suite_prompts(workload: Workload) -> tuple[list[str], int, int, list[str]]:
     """Prompts, max_new_tokens, batch size and stop strings of the workload's (first) generative task."""
-    from loralab.evaluation.evaluator import build_prompt, load_suite_records
+    from loralab.evaluation.evaluator import load_suite_records
+    from loralab.evaluation.tasks.generative import build_prompt
     from loralab.tables.grid import compose
 
     cfg = compose(list(workload.overrides))

@@ -1,7 +1,8 @@
 """Answer extraction shared by every generative suite (the embedded task, GSM8K, MATH, commonsense, code).
 
-The suite's YAML names the pattern, which match counts (``occurrence``), the fallback and the normaliser, so
-the protocol lives in configuration and one code path serves all suites:
+A suite's YAML declares each task's reading as a filter chain (:mod:`loralab.evaluation.filters`): a ``regex``
+step (pattern, which match counts — ``occurrence`` — and the fallback) and a ``normalize`` step naming one of
+:data:`NORMALIZERS`, so the protocol lives in configuration and one code path serves all suites:
 
 * MetaMath-style outputs end with "The answer is: N"; MetaMath's own scorer reads the text after the *last*
   such marker (``occurrence: last``) and gives no credit without one (``fallback: none``); its GSM8K and MATH
@@ -106,7 +107,7 @@ def normalize_strip(text: str | None) -> str | None:
 
 def normalize_metamath_math(text: str | None) -> str | None:
     """MetaMath's MATH reading (eval_math.py) of the text after its answer marker, cut before the first
-    '.\\n' — the cut belongs in the suite's ``answer_pattern`` (the raw text must be cut before it is stripped:
+    '.\\n' — the cut belongs in the chain's ``regex`` pattern (the raw text must be cut before it is stripped:
     'x.\\n ' → 'x') — then stripped, one trailing period dropped. Enclosing $ stay: MetaMath's comparison
     (is_equiv) does not remove them either."""
     if text is None:

@@ -2,12 +2,12 @@
 
 The harness decodes; loralab scores. For each task loralab writes ``<run>/lm_eval/<task>/`` holding a
 ``generate_until`` task YAML and ``docs.jsonl`` (one row per prompt: the fully rendered prompt as the context,
-the gold answer as the target), and all tasks of a suite go through ONE ``simple_evaluate`` call on the
-in-memory model wrapped in ``HFLM`` (``TaskManager(include_path=<run>/lm_eval, include_defaults=False)``).
-The raw generations (``resps`` of the logged samples) are then scored by the same extraction, normalisation,
-comparison and code sandbox as the native engine; those verdicts are the ones reported. A ``generate`` task's
-YAML also carries loralab's answer reading as harness filters (:mod:`loralab.evaluation.lm_eval_filters`), so
-the exported task re-scores the run to the same number through the ``lm_eval`` CLI; a ``code`` task's harness
+the gold answer as the target), and all generative tasks of a suite go through ONE ``simple_evaluate`` call
+on the in-memory model wrapped in ``HFLM`` (``TaskManager(include_path=<run>/lm_eval, include_defaults=False)``).
+The raw generations (``resps`` of the logged samples) are then scored by each task type's own scorer, as under
+the native engine (the filter chain and comparison, or the code sandbox); those verdicts are the ones reported.
+A ``generate`` task's YAML also carries its filter chain as harness filters
+(:mod:`loralab.evaluation.lm_eval_filters`), so the exported task re-scores the run to the same number through the ``lm_eval`` CLI; a ``code`` task's harness
 metric stays a bare string match (the harness runs no model-written code; loralab's sandbox scores it).
 
 Generations equal the native engine's (tests/test_lm_eval_generate.py) because the harness is fed what
@@ -51,7 +51,7 @@ from loralab.errors import ConfigError
 from loralab.evaluation.extraction import truncate_at_stop
 from loralab.evaluation.generation import StopAtStrings, encode_prompt
 from loralab.evaluation.lm_eval_engine import harness_version
-from loralab.evaluation.lm_eval_filters import HOOKS_MODULE, AnswerFilter, FunctionRef
+from loralab.evaluation.lm_eval_filters import HOOKS_MODULE, FunctionRef, HarnessReading
 
 log = logging.getLogger(__name__)
 # config attributes that hold a model's number of positions, in the order the harness reads them
@@ -68,7 +68,7 @@ class GenerationJob:
     max_new_tokens: int
     stop: list[str] = field(default_factory=list)
     num_beams: int = 1
-    answer_filter: AnswerFilter | None = None   # generate tasks: the export's filters read the answer as loralab
+    answer_filter: HarnessReading | None = None   # generate tasks: the export's filters read the answer as loralab
 
 
 @dataclass
@@ -142,7 +142,7 @@ _TaskDumper.add_representer(FunctionRef, lambda dumper, ref: dumper.represent_sc
 
 
 def write_generate_task(work_dir: Path, task_id: str, contexts: Sequence[str], targets: Sequence[str],
-                        gen_kwargs: dict[str, Any], answer_filter: AnswerFilter | None = None) -> Path:
+                        gen_kwargs: dict[str, Any], answer_filter: HarnessReading | None = None) -> Path:
     """The rows as json lines and the ``generate_until`` task YAML that reads them; returns the YAML's path.
 
     With ``answer_filter`` the task carries loralab's answer reading as harness filters (and ``targets`` are

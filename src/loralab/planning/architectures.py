@@ -147,4 +147,3 @@ NUM_LABELS: dict[str, int] = {
 }
 
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
-GENERATIVE_TASK_TYPES: tuple[str, ...] = ("generate", "code")   # decoded token by token; the rest: forward passes

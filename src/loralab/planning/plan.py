@@ -63,12 +63,12 @@ from omegaconf import DictConfig
 
 from loralab.errors import ConfigError
 from loralab.instantiate import build
+from loralab.evaluation.tasks import task_type
 from loralab.lr_source import labelled_lr
 from loralab.methods.base import Method
 
 from loralab.planning.architectures import (ANSWER_TOKENS_PER_BATCH, ARCHITECTURES, DTYPE_BYTES, EVAL_EXAMPLES,
-                                          GENERATIVE_TASK_TYPES, NUM_LABELS, TOKENS_PER_EXAMPLE, TRAIN_EXAMPLES,
-                                          Architecture)
+                                            NUM_LABELS, TOKENS_PER_EXAMPLE, TRAIN_EXAMPLES, Architecture)
 from loralab.tables.grid import CONF_DIR, compose, expand_sweep, sweeps_of
 
 GIB = 1024 ** 3
@@ -234,7 +234,7 @@ def _eval_hours(cfg: DictConfig, arch: Architecture, num_labels: int,
         if n is None:
             missing.append(str(task.name))
             continue
-        if task.get("type") in GENERATIVE_TASK_TYPES:
+        if task_type(task).generative:  # decoded token by token; the other types: forward passes
             batch = int(task.get("batch_size") or 1)
             steps, basis = decode_steps_per_batch(task)
             bases.setdefault(basis, []).append(str(task.name))
