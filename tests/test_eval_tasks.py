@@ -51,8 +51,8 @@ class _Echo(TaskType):
 
 def test_checks_evaluator_and_planner_read_one_registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from loralab.evaluation.evaluator import evaluate_suite
-    from loralab.tables.architectures import ARCHITECTURES
-    from loralab.tables.plan import _eval_hours
+    from loralab.planning.architectures import ARCHITECTURES
+    from loralab.planning.plan import _eval_hours
 
     monkeypatch.setitem(TASK_TYPES, "echo", _Echo)
     cfg = compose("model=llama3_8b", "dataset=glue_rte", "eval.tasks.0.type=echo", "+eval.tasks.0.max_new_tokens=7",

@@ -17,7 +17,8 @@ counts as unanswered (the harness' ``[invalid]``). The steps:
 ``normalize``  one of :data:`loralab.evaluation.extraction.NORMALIZERS` (``how:``), e.g. MetaMath's GSM8K
                number, its MATH cut, the first number as written
 
-A new step is a frozen dataclass with a ``name`` (what ``function:`` says), its parameters as fields (checked in ``__post_init__``) and
+A new step is a frozen dataclass with a ``name`` (what ``function:`` says), its parameters as fields (checked in
+``__post_init__``) and
 ``__call__``, added to :data:`FILTERS`; :mod:`loralab.evaluation.lm_eval_filters` then decides how an exported
 harness task expresses it (by default through loralab's own chain).
 """

@@ -7,7 +7,8 @@ on the in-memory model wrapped in ``HFLM`` (``TaskManager(include_path=<run>/lm_
 The raw generations (``resps`` of the logged samples) are then scored by each task type's own scorer, as under
 the native engine (the filter chain and comparison, or the code sandbox); those verdicts are the ones reported.
 A ``generate`` task's YAML also carries its filter chain as harness filters
-(:mod:`loralab.evaluation.lm_eval_filters`), so the exported task re-scores the run to the same number through the ``lm_eval`` CLI; a ``code`` task's harness
+(:mod:`loralab.evaluation.lm_eval_filters`), so the exported task re-scores the run to the same number through the
+``lm_eval`` CLI; a ``code`` task's harness
 metric stays a bare string match (the harness runs no model-written code; loralab's sandbox scores it).
 
 Generations equal the native engine's (tests/test_lm_eval_generate.py) because the harness is fed what

@@ -2,7 +2,8 @@
 
 The suite's ``engine`` generates: ``native`` (:func:`loralab.evaluation.generation.generate_greedy`, one call per
 task) or ``lm_eval`` (the harness' ``generate_until``, :mod:`loralab.evaluation.lm_eval_generate`, one call for
-all the suite's generative tasks, ``generate`` and ``code`` alike). Either way the text is cut before the task's earliest ``stop`` string, and the type's own
+all the suite's generative tasks, ``generate`` and ``code`` alike). Either way the text is cut before the task's
+earliest ``stop`` string, and the type's own
 :meth:`GenerativeTask.score` gives the verdicts, so both engines are scored by the same code; the protocol
 names the engine (``<name>/vN+${.engine}``) so tables never pool the two.
 """

@@ -38,7 +38,7 @@ class SequenceClassifyTask(TaskType):
     def classify(self, model: nn.Module, tokenizer: Any, records: Records, progress: bool) -> TaskOutput:
         import torch
 
-        from loralab.data.build import SequenceClassificationCollator, encode_sentences
+        from loralab.data.training_data import SequenceClassificationCollator, encode_sentences
 
         task = self.cfg
         model.eval()
