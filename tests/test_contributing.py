@@ -66,9 +66,9 @@ tasks:
       override_key: eval.tasks.0.data.path
     prompt_template: "Q: {question}\\nA:"
     answer_field: answer
-    answer_pattern: "The answer is:?\\\\s*(-?[\\\\d,]*\\\\.?\\\\d+)"
-    fallback: none
-    normalizer: number
+    filters:
+      - {function: regex, pattern: "The answer is:?\\\\s*(-?[\\\\d,]*\\\\.?\\\\d+)", fallback: none}
+      - {function: normalize, how: number}
     max_new_tokens: 16
     batch_size: 4
     metric: exact_match
