@@ -94,10 +94,15 @@ def _exported(out_dir: Path) -> dict[str, Any]:
 
 def evaluate_case(case: str, out_dir: Path) -> dict[str, Any]:
     """What the evaluator writes for ``case``: per-task samples, the scores and the exported harness tasks."""
+    from transformers import set_seed
+
     from loralab.evaluation.evaluator import evaluate_suite
     from loralab.models.loading import load_model
 
     cfg = compose(*CASES[case])
+    # a classification head the cached model lacks (a vision suite's classes, GLUE's labels) is drawn from the
+    # global generator: fixed here, so the records do not depend on which tests ran before in this process
+    set_seed(0)
     model, tokenizer = load_model(cfg.model, num_labels=cfg.dataset.get("num_labels"))
     scores = evaluate_suite(model, tokenizer, cfg.eval, out_dir, progress=False)
     samples = {t.name: [json.loads(line) for line in (out_dir / "samples" / f"{t.name}.jsonl").read_text().splitlines()]
