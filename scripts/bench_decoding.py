@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from loralab.benchmarking.decoding import Workload, cpu_default, run_decoding_benchmark, tiny, write_report
+from loralab.benchmarking.report import show_written
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE_FIELDS = ("hidden", "intermediate", "heads", "kv_heads", "layers", "vocab")
@@ -52,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    json_path, md_path = write_report(report, args.out_dir)
-    print(md_path.read_text(encoding="utf-8"))
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    show_written(*write_report(report, args.out_dir))
     return 0
 
 

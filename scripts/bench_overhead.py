@@ -22,7 +22,7 @@ import torch
 
 from loralab.benchmarking.config import SHAPES, cpu_default, cuda_default, tiny
 from loralab.benchmarking.overhead import run_benchmark
-from loralab.benchmarking.report import write_report
+from loralab.benchmarking.report import show_written, write_report
 from loralab.benchmarking.trainees import method_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    json_path, md_path = write_report(report, args.out_dir)
-    print(md_path.read_text(encoding="utf-8"))
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    show_written(*write_report(report, args.out_dir))
     return 0
 
 

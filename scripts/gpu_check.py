@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from loralab.benchmarking.gpu_check import run_gpu_check, write_report
+from loralab.benchmarking.report import show_written
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,9 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    json_path, md_path = write_report(report, args.out_dir)
-    print(md_path.read_text(encoding="utf-8"))
-    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    show_written(*write_report(report, args.out_dir))
     return 0 if report["ok"] else 1
 
 

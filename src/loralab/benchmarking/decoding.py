@@ -317,11 +317,6 @@ def write_report(report: dict[str, Any], out_dir: Any) -> tuple[Any, Any]:
     """``decoding-<device>.json`` and ``.md`` in ``out_dir`` (atomically); returns both paths."""
     from pathlib import Path
 
-    from loralab.io import atomic_write_json, atomic_write_text
+    from loralab.benchmarking.report import write_json_and_markdown
 
-    out_dir = Path(out_dir)
-    tag = report["config"]["device"]
-    json_path, md_path = out_dir / f"decoding-{tag}.json", out_dir / f"decoding-{tag}.md"
-    atomic_write_json(json_path, report)
-    atomic_write_text(md_path, markdown(report))
-    return json_path, md_path
+    return write_json_and_markdown(report, markdown(report), Path(out_dir) / f"decoding-{report['config']['device']}")

@@ -191,10 +191,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """``gpu-check.json``/``.md`` (dry run: ``gpu-check-dry-run.*``) in ``out_dir``, atomically."""
-    from loralab.io import atomic_write_json, atomic_write_text
+    from loralab.benchmarking.report import write_json_and_markdown
 
     stem = "gpu-check-dry-run" if report["dry_run"] else "gpu-check"
-    json_path, md_path = Path(out_dir) / f"{stem}.json", Path(out_dir) / f"{stem}.md"
-    atomic_write_json(json_path, report)
-    atomic_write_text(md_path, markdown(report))
-    return json_path, md_path
+    return write_json_and_markdown(report, markdown(report), Path(out_dir) / stem)

@@ -215,9 +215,21 @@ def real_width_lines(report: dict[str, Any]) -> list[str]:
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write ``overhead-<device>[-<label>].json`` and ``.md`` into ``out_dir`` (atomically); returns both paths."""
-    out_dir = Path(out_dir)
     tag = report["config"]["device"] + (f"-{report['config']['label']}" if report["config"].get("label") else "")
-    json_path, md_path = out_dir / f"overhead-{tag}.json", out_dir / f"overhead-{tag}.md"
+    return write_json_and_markdown(report, markdown(report), Path(out_dir) / f"overhead-{tag}")
+
+
+def write_json_and_markdown(report: dict[str, Any], text: str, stem: Path) -> tuple[Path, Path]:
+    """A benchmark's report as ``<stem>.json`` and its rendering as ``<stem>.md``, both atomically."""
+    json_path, md_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
     atomic_write_json(json_path, report)
-    atomic_write_text(md_path, markdown(report))
+    atomic_write_text(md_path, text)
     return json_path, md_path
+
+
+def show_written(json_path: Path, md_path: Path) -> None:
+    """What a benchmark script prints when done: the markdown report, then where both files are (stderr)."""
+    import sys
+
+    print(md_path.read_text(encoding="utf-8"))
+    print(f"wrote {json_path} and {md_path}", file=sys.stderr)
