@@ -3,12 +3,12 @@ end-to-end run through the script (output structure only; no timing assertions).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import script
 from loralab.benchmarking import memory as mem
 from loralab.benchmarking.config import cuda_default, tiny
 from loralab.benchmarking.flops import LlamaShape, base_linear_flops, step_flops
@@ -18,7 +18,6 @@ from loralab.methods.full_ft import FullFineTuning
 from loralab.methods.lora import LoRA
 from loralab.methods.sds_lora import SDSLoRA
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -113,11 +112,7 @@ def test_accounted_memory_splits_static_and_saved(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ end to end
 def test_tiny_benchmark_through_the_script(tmp_path: Path) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import bench_overhead
-    finally:
-        sys.path.pop(0)
+    bench_overhead = script("bench_overhead")
     rc = bench_overhead.main(["--preset", "tiny", "--device", "cpu", "--methods", "lora,sds_lora,full_ft",
                               "--steps", "2", "--warmup", "1", "--tax-steps", "2", "--no-rss", "--threads", "1",
                               "--out-dir", str(tmp_path)])
@@ -258,11 +253,7 @@ def test_cuda_recipe_on_cpu_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: this is the CPU-only machine's behaviour")
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import bench_overhead
-    finally:
-        sys.path.pop(0)
+    bench_overhead = script("bench_overhead")
     assert bench_overhead.main(["--device", "cuda", "--out-dir", str(tmp_path)]) == 2
     assert "torch.cuda.is_available() is False" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
@@ -271,11 +262,7 @@ def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path: Path, capsys: pyte
 def test_llama3_8b_shape_option_on_tiny_shapes(tmp_path: Path) -> None:
     """``--shape llama3_8b`` (here with its shapes overridden small): LoRA vs SDS-LoRA only, the real-width block
     with the measured memory beside the formula and the paper's Table 6 ratios, its own report files."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import bench_overhead
-    finally:
-        sys.path.pop(0)
+    bench_overhead = script("bench_overhead")
     from loralab.benchmarking.config import llama3_8b_layers, paper_table6_ratios
 
     real = llama3_8b_layers()

@@ -3,19 +3,18 @@ invariants only; no timing assertions)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import script
 from loralab.benchmarking.decoding import Replay, StepMeter, needed_length, trimmed
 from loralab.synthetic.arithmetic import ALPHABET
 from loralab.evaluation.generation import encode_prompt, generate_greedy
 from loralab.models.embedded_lm import char_tokenizer
 from loralab.models.tiny import tiny_llama
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_needed_length_ends_at_eos_or_at_a_final_stop_cut() -> None:
@@ -50,11 +49,7 @@ def test_replay_makes_a_random_model_write_the_scripts_and_the_meter_counts_its_
 
 
 def test_tiny_decoding_benchmark_through_the_script(tmp_path: Path) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import bench_decoding
-    finally:
-        sys.path.pop(0)
+    bench_decoding = script("bench_decoding")
     torch_threads = torch.get_num_threads()
     try:
         assert bench_decoding.main(["--preset", "tiny", "--out-dir", str(tmp_path)]) == 0
@@ -82,11 +77,7 @@ def test_tiny_decoding_benchmark_through_the_script(tmp_path: Path) -> None:
 
 
 def test_bad_rounds_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import bench_decoding
-    finally:
-        sys.path.pop(0)
+    bench_decoding = script("bench_decoding")
     assert bench_decoding.main(["--preset", "tiny", "--rounds", "0", "--out-dir", str(tmp_path)]) == 2
     assert "--rounds=0" in capsys.readouterr().err and not list(tmp_path.iterdir())
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import ROOT, compose
+from conftest import ROOT, compose, script
 from loralab.lr_source import lr_problem
 from loralab.methods.lora import LoRA
 from loralab.tables.tabulate import Column, RunResult, build_from_spec, build_table
@@ -306,11 +306,7 @@ def test_rank_params_table_is_exact(tmp_path: Path) -> None:
 
 
 def test_rank_params_mismatch_is_reported() -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        from rank_params_table import build
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    build = script("rank_params_table").build
     spec = _spec("rank_params")
     assert build(spec)[1] == []
     _, problems = build({**spec, "budget": 5_000_000})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, script
 
 
 def test_dry_run_end_to_end(tmp_path: Path) -> None:
@@ -41,10 +41,6 @@ def test_without_a_gpu_the_real_check_refuses_and_writes_nothing(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: this is the CPU-only machine's behaviour")
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.pop(0)
+    gpu_check = script("gpu_check")
     assert gpu_check.main(["--out-dir", str(tmp_path)]) == 2
     assert "make gpu-check DRY_RUN=1" in capsys.readouterr().err and not list(tmp_path.iterdir())
