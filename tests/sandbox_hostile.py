@@ -73,9 +73,15 @@ def spawn(argv, setsid=False):
 # status file); all it lacks is the nonce.
 FORGE = """
 import os
+def open_fds():
+    # every descriptor held, however high its number (a busy evaluator hands down high ones)
+    try:
+        return sorted(fd for fd in map(int, os.listdir("/proc/self/fd")) if fd > 2)
+    except OSError:
+        return range(3, 1024)
 def claim(candidates):
     for x in candidates:
-        for fd in range(3, 64):
+        for fd in open_fds():
             for send in (lambda: os.write(fd, b"P" + x),
                          lambda: (os.ftruncate(fd, 0), os.pwrite(fd, b"pass:" + x, 0))):
                 try:
@@ -307,13 +313,13 @@ for path in ["/proc/self/cmdline", "/proc/self/environ", "/proc/1/cmdline", "/pr
 claim(found or [b"0" * 32])
 """),
     _forge("forge_echo_fds", """found = []
-for fd in range(3, 64):
+for fd in open_fds():
     try:
         os.set_blocking(fd, False)
         data = os.read(fd, 4096)
     except OSError:
         continue
-    for target in range(3, 64):
+    for target in open_fds():
         try:
             os.write(target, data)
         except OSError:

@@ -129,8 +129,9 @@ def test_a_pass_needs_the_nonce_the_harness_receives_after_the_program(mode: str
     """The nonce waits on the program's channel as a passed descriptor. Code written against this harness
     can take it early and forge a pass: the residual that sandbox.py's docstring states, pinned here so the
     statement stays true. Anything less deliberate (reading the channel's bytes) destroys it instead."""
+    # every descriptor the program holds: the channel's number is the parent's, which can be high in a busy process
     forge = """import array, os, socket
-for fd in range(3, 32):
+for fd in sorted(fd for fd in map(int, os.listdir("/proc/self/fd")) if fd > 2):
     try:
         s = socket.socket(fileno=os.dup(fd))
         _, fds, _, _ = socket.recv_fds(s, 1, 1, socket.MSG_DONTWAIT)
@@ -141,8 +142,8 @@ for fd in range(3, 32):
         os._exit(0)
 raise AssertionError("no descriptor found")
 """
-    drain = "import os\nfor fd in range(3, 32):\n    try:\n        os.read(fd, 100)\n    except OSError:\n" \
-            "        pass\n"
+    drain = ("import os\nfor fd in sorted(fd for fd in map(int, os.listdir('/proc/self/fd')) if fd > 2):\n    try:\n"
+             "        os.read(fd, 100)\n    except OSError:\n        pass\n")
     got = run_programs([forge, drain, drain + "assert False"], _limits(hook=False), workers=3,
                        mode=mode)  # type: ignore[arg-type]
     assert got[0].status == "passed"  # the residual
